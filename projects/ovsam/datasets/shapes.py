@@ -1,0 +1,471 @@
+"""Deterministic synthetic instance-segmentation data ("shapes").
+
+No real dataset can be downloaded in CI, so the tiny training pipeline and the
+tests run on procedurally drawn shapes instead. :func:`generate_shapes_dataset`
+writes, under ``out_dir``::
+
+    train/000000000001.jpg ...          # JPEG, like COCO
+    val/000000000001.png ...            # lossless, so evaluation is exact
+    annotations/instances_train.json    # COCO instance format
+    annotations/instances_val.json
+    sa1b/sa_1.jpg + sa1b/sa_1.json ...  # SA-1B layout (class-agnostic)
+    sa1b/train.txt                      # basenames WITHOUT extension ("sa_1")
+
+Design choices:
+
+* Segmentations are always compressed COCO RLE (``counts`` as ``str``), never
+  polygons: visible masks of occluded shapes and rings have holes and can be
+  split into pieces, which COCO polygons cannot express (pycocotools unions
+  polygons). ``area`` is the exact pixel count and ``bbox`` the tight box of
+  the decoded mask. In mmdet, load them with ``LoadAnnotations(with_mask=True,
+  poly2mask=True)`` (the default); ``poly2mask=False`` marks RLE masks ignored.
+* Colour, texture, size and rotation are drawn independently of the class, so
+  only the outline identifies it.
+* Later shapes occlude earlier ones; annotations hold the visible mask. A
+  placement that would hide more than ``max_occlusion`` of an earlier shape is
+  retried, so no shape is reduced to an ambiguous fragment (a circle with a bite
+  taken out would look like a crescent); instances whose visible area is below
+  ``min_visible_area`` pixels are dropped from the annotations.
+* Every image has its own generator seeded by ``(seed, split, index)``, so an
+  image does not change when the number of images in any split changes.
+
+Class indices below (``SHAPE_BASE_CLASSES`` / ``SHAPE_NOVEL_CLASSES``) are
+0-based into ``SHAPE_CLASSES``; COCO category ids are 1-based (index + 1).
+"""
+import json
+import os
+import os.path as osp
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_util
+
+__all__ = [
+    'SHAPE_CLASSES', 'SHAPE_BASE_CLASSES', 'SHAPE_NOVEL_CLASSES',
+    'render_scene', 'generate_shapes_dataset', 'mask_to_rle'
+]
+
+# Synonyms are comma-separated, as ovsam.vocabulary.split_synonyms parses them.
+SHAPE_CLASSES = (
+    'circle,disc',
+    'square',
+    'triangle',
+    'star',
+    'ring,annulus',
+    'cross,plus sign',
+    'ellipse,oval',
+    'hexagon',
+    'crescent,moon',
+    'heart',
+)
+SHAPE_BASE_CLASSES = (0, 1, 2, 4, 5, 6, 7)
+SHAPE_NOVEL_CLASSES = (3, 8, 9)  # star, crescent, heart
+
+# Split ids feed the per-image seed; fixed so outputs never depend on order.
+_SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2}
+
+# Object diameter range in pixels at 256 x 256; scaled with the image size.
+_DIAMETER_RANGE_256 = (24.0, 110.0)
+_MIN_COLOUR_DIST = 80.0  # RGB distance from what lies underneath
+_PLACEMENT_TRIES = 20
+
+Polygons = List[Tuple[np.ndarray, int]]  # (unit-scale (N, 2) outline, fill value)
+
+
+# --------------------------------------------------------------------------
+# Outlines in unit coordinates (roughly inside [-1, 1]^2, y pointing down).
+# Each returns polygons to fill in order; value 0 cuts a hole.
+# --------------------------------------------------------------------------
+def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
+    t = phase + 2 * np.pi * np.arange(n) / n
+    return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
+
+
+def _circle(rng) -> Polygons:
+    return [(_regular(96), 1)]
+
+
+def _square(rng) -> Polygons:
+    s = 0.8
+    return [(np.array([[-s, -s], [s, -s], [s, s], [-s, s]]), 1)]
+
+
+def _triangle(rng) -> Polygons:
+    # Shift down so the centroid, not the circumcentre, sits at the origin.
+    return [(_regular(3) + [0.0, 0.25], 1)]
+
+
+def _star(rng) -> Polygons:
+    inner = rng.uniform(0.38, 0.5)
+    pts = _regular(10)
+    pts[1::2] *= inner
+    return [(pts, 1)]
+
+
+def _ring(rng) -> Polygons:
+    return [(_regular(96), 1), (_regular(96, rng.uniform(0.45, 0.65)), 0)]
+
+
+def _cross(rng) -> Polygons:
+    a = rng.uniform(0.25, 0.35)
+    pts = [(a, 1), (a, a), (1, a), (1, -a), (a, -a), (a, -1),
+           (-a, -1), (-a, -a), (-1, -a), (-1, a), (-a, a), (-a, 1)]
+    return [(np.array(pts, dtype=np.float64), 1)]
+
+
+def _ellipse(rng) -> Polygons:
+    # Minor/major <= 0.62 keeps ellipses visibly different from circles.
+    pts = _regular(96)
+    pts[:, 1] *= rng.uniform(0.4, 0.62)
+    return [(pts, 1)]
+
+
+def _hexagon(rng) -> Polygons:
+    return [(_regular(6), 1)]
+
+
+def _crescent(rng) -> Polygons:
+    hole = _regular(96, rng.uniform(0.8, 0.9)) + [rng.uniform(0.35, 0.5), 0.0]
+    return [(_regular(96), 1), (hole, 0)]
+
+
+def _heart(rng) -> Polygons:
+    t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    # Flip y (image y points down) and centre the curve's vertical extent.
+    return [(np.stack([x, -(y + 2.5)], axis=1) / 16.0, 1)]
+
+
+_OUTLINES: Dict[str, Callable[[np.random.Generator], Polygons]] = {
+    'circle': _circle, 'square': _square, 'triangle': _triangle, 'star': _star,
+    'ring': _ring, 'cross': _cross, 'ellipse': _ellipse, 'hexagon': _hexagon,
+    'crescent': _crescent, 'heart': _heart,
+}
+
+
+def _shape_key(name: str) -> str:
+    """Outline key of a class name: its first synonym, e.g. 'ring,annulus' -> 'ring'."""
+    key = name.split(',')[0].strip().lower()
+    if key not in _OUTLINES:
+        raise ValueError(f'no outline for class {name!r}; first synonym must be one of '
+                         f'{sorted(_OUTLINES)}')
+    return key
+
+
+def _resolve_classes(classes: Optional[Sequence[Union[str, int]]]) -> List[str]:
+    """Class names to generate: names (any synonym string) or indices into SHAPE_CLASSES."""
+    if classes is None:
+        return list(SHAPE_CLASSES)
+    names = [SHAPE_CLASSES[c] if isinstance(c, (int, np.integer)) else str(c) for c in classes]
+    if not names:
+        raise ValueError('classes is empty')
+    keys = [_shape_key(n) for n in names]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f'classes {names} name the same shape twice')
+    return names
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+def _random_colour(rng) -> np.ndarray:
+    return rng.integers(0, 256, size=3).astype(np.float32)
+
+
+def _background(rng, h: int, w: int) -> np.ndarray:
+    kind = rng.integers(3)
+    if kind == 0:  # flat
+        img = np.broadcast_to(_random_colour(rng), (h, w, 3)).copy()
+    elif kind == 1:  # linear gradient at a random angle
+        c0, c1 = _random_colour(rng), _random_colour(rng)
+        ang = rng.uniform(0, 2 * np.pi)
+        t = (np.arange(w, dtype=np.float32)[None] * np.cos(ang)
+             + np.arange(h, dtype=np.float32)[:, None] * np.sin(ang))
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        img = c0 + t[..., None] * (c1 - c0)
+    else:  # smooth colour noise: a small random grid upsampled
+        cells = int(rng.integers(2, 9))
+        grid = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.float32)
+        # Random contrast: full-range noise alone would make every scene loud.
+        grid = grid.mean((0, 1)) + rng.uniform(0.3, 1.0) * (grid - grid.mean((0, 1)))
+        img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    if rng.random() < 0.3:
+        # Unlabelled clutter so that "any edge" is not a shape cue.
+        for _ in range(int(rng.integers(1, 6))):
+            p0 = tuple(int(v) for v in rng.integers(0, [w, h]))
+            p1 = tuple(int(v) for v in rng.integers(0, [w, h]))
+            cv2.line(img, p0, p1, _random_colour(rng).tolist(), int(rng.integers(1, 3)))
+    return img.astype(np.float32)
+
+
+def _texture(rng, colour: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(N, 3) fill of the pixels at (ys, xs): flat, stripes or noisy, independent of class."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return np.broadcast_to(colour, (len(ys), 3))
+    if kind == 1:
+        # A nearby second shade keeps the stripes contrasting with what the
+        # base colour was checked against.
+        other = np.clip(colour + rng.uniform(-70, 70, size=3), 0, 255).astype(np.float32)
+        ang = rng.uniform(0, np.pi)
+        period = rng.uniform(4, 14)
+        phase = (xs * np.cos(ang) + ys * np.sin(ang)) / period + rng.uniform(0, 1)
+        return np.where(((phase % 1.0) < 0.5)[:, None], colour, other)
+    sigma = rng.uniform(8, 25)
+    return colour + sigma * rng.standard_normal((len(ys), 1), dtype=np.float32)
+
+
+def _rasterise(polys: Polygons, center: np.ndarray, radius: float, angle: float,
+               h: int, w: int) -> np.ndarray:
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    mask = np.zeros((h, w), np.uint8)
+    for pts, value in polys:
+        xy = pts @ rot.T * radius + center
+        # 4 fractional bits: sub-pixel vertex placement, still aliased (exact masks).
+        cv2.fillPoly(mask, [np.round(xy * 16).astype(np.int32)], int(value),
+                     lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def _pick_colour(rng, canvas: np.ndarray, label: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A random colour far from every region (background, earlier shapes) it covers."""
+    under_lbl = label[mask]
+    under_rgb = canvas[mask]
+    means = [under_rgb[under_lbl == lbl].mean(0) for lbl in np.unique(under_lbl)]
+    best, best_dist = None, -1.0
+    for _ in range(20):
+        colour = _random_colour(rng)
+        dist = min(float(np.linalg.norm(colour - m)) for m in means)
+        if dist >= _MIN_COLOUR_DIST:
+            return colour
+        if dist > best_dist:
+            best, best_dist = colour, dist
+    return best
+
+
+def render_scene(rng: np.random.Generator,
+                 shapes: Sequence[str],
+                 image_size: int = 256,
+                 min_objects: int = 1,
+                 max_objects: int = 5,
+                 min_visible_area: int = 32,
+                 max_occlusion: float = 0.5) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+    """Draw one image of random shapes.
+
+    Args:
+        rng: source of all randomness.
+        shapes: class names (first synonym selects the outline).
+        image_size: side of the square image.
+
+    Returns:
+        ``(image, instances)``: a uint8 (H, W, 3) BGR image and a list of
+        ``(class index into shapes, visible bool mask)`` in drawing order, only
+        for instances with at least ``min_visible_area`` visible pixels.
+    """
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f'need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}')
+    keys = [_shape_key(s) for s in shapes]
+    h = w = int(image_size)
+    canvas = _background(rng, h, w)
+    label = np.zeros((h, w), np.int32)  # 0 = background, k = k-th drawn shape
+    counts = [h * w]  # visible pixels per label
+    full_area = [0]
+    classes: List[int] = []
+    lo, hi = (d * image_size / 256.0 for d in _DIAMETER_RANGE_256)
+
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+        cls = int(rng.integers(len(keys)))
+        polys = _OUTLINES[keys[cls]](rng)
+        for _try in range(_PLACEMENT_TRIES):
+            radius = rng.uniform(lo, hi) / 2
+            # Centres may sit near the border: shapes cut by the frame are realistic.
+            center = rng.uniform(0.6 * radius, [w - 0.6 * radius, h - 0.6 * radius])
+            mask = _rasterise(polys, center, radius, rng.uniform(0, 2 * np.pi), h, w)
+            area = int(mask.sum())
+            if area < 2 * min_visible_area:
+                continue
+            lost = np.bincount(label[mask], minlength=len(counts))
+            left = np.asarray(counts) - lost
+            if all(left[k] >= (1 - max_occlusion) * full_area[k] for k in range(1, len(counts))):
+                break
+        else:
+            continue  # no acceptable placement: skip this object
+        colour = _pick_colour(rng, canvas, label, mask)
+        ys, xs = np.nonzero(mask)
+        canvas[ys, xs] = _texture(rng, colour, ys.astype(np.float32), xs.astype(np.float32))
+        counts = list(left) + [area]
+        full_area.append(area)
+        classes.append(cls)
+        label[mask] = len(counts) - 1
+
+    # Mild camera-like degradation; masks stay exact.
+    if rng.random() < 0.5:
+        canvas = cv2.GaussianBlur(canvas, (0, 0), rng.uniform(0.4, 0.9))
+    canvas += rng.uniform(0, 6) * rng.standard_normal(canvas.shape, dtype=np.float32)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+    instances = [(cls, label == k) for k, cls in enumerate(classes, start=1)
+                 if counts[k] >= min_visible_area]
+    return image, instances
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+def mask_to_rle(mask: np.ndarray) -> Dict:
+    """Compressed COCO RLE of a bool (H, W) mask, ``counts`` as str (JSON-safe)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {'size': [int(rle['size'][0]), int(rle['size'][1])],
+            'counts': rle['counts'].decode('ascii')}
+
+
+def _bbox_xywh(mask: np.ndarray) -> List[int]:
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), _SPLIT_SEED[split], int(index)])
+
+
+def _write_image(path: str, image: np.ndarray) -> None:
+    if path.endswith('.jpg'):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    if not cv2.imwrite(path, image, params):
+        raise IOError(f'could not write {path}')
+
+
+def _dump_json(obj, path: str) -> None:
+    with open(path, 'w') as f:
+        json.dump(obj, f, separators=(',', ':'))
+
+
+def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names: List[str],
+                      seed: int, render_kw: Dict) -> Dict:
+    img_dir = osp.join(out_dir, split)
+    os.makedirs(img_dir, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        image_id = i + 1
+        image, instances = render_scene(_image_rng(seed, split, i), names, **render_kw)
+        file_name = f'{image_id:012d}.{ext}'
+        _write_image(osp.join(img_dir, file_name), image)
+        h, w = image.shape[:2]
+        images.append({'id': image_id, 'file_name': file_name, 'height': h, 'width': w})
+        for cls, mask in instances:
+            annotations.append({
+                'id': len(annotations) + 1,
+                'image_id': image_id,
+                'category_id': cls + 1,
+                'segmentation': mask_to_rle(mask),
+                'area': int(mask.sum()),
+                'bbox': _bbox_xywh(mask),
+                'iscrowd': 0,
+            })
+    novel = {_shape_key(SHAPE_CLASSES[i]) for i in SHAPE_NOVEL_CLASSES}
+    categories = [{'id': k + 1, 'name': n, 'supercategory': 'shape',
+                   'split': 'novel' if _shape_key(n) in novel else 'base'}
+                  for k, n in enumerate(names)]
+    ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
+    _dump_json({
+        'info': {'description': f'synthetic shapes ({split})', 'seed': int(seed)},
+        'licenses': [],
+        'images': images,
+        'annotations': annotations,
+        'categories': categories,
+    }, ann_file)
+    return {'img_dir': img_dir, 'ann_file': ann_file, 'num_images': num_images,
+            'num_instances': len(annotations)}
+
+
+def _write_sa1b(out_dir: str, num_images: int, names: List[str], seed: int,
+                render_kw: Dict) -> Dict:
+    sa_dir = osp.join(out_dir, 'sa1b')
+    os.makedirs(sa_dir, exist_ok=True)
+    basenames, num_masks = [], 0
+    for i in range(num_images):
+        image_id = i + 1
+        base = f'sa_{image_id}'
+        image, instances = render_scene(_image_rng(seed, 'sa1b', i), names, **render_kw)
+        _write_image(osp.join(sa_dir, base + '.jpg'), image)
+        h, w = image.shape[:2]
+        anns = []
+        for cls, mask in instances:
+            # SA-1B's prompt point: take the most interior pixel (deterministic).
+            dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
+            py, px = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            anns.append({
+                'id': len(anns) + 1,
+                'segmentation': mask_to_rle(mask),
+                'bbox': _bbox_xywh(mask),
+                'area': int(mask.sum()),
+                'predicted_iou': 1.0,
+                'stability_score': 1.0,
+                'point_coords': [[float(px - 1), float(py - 1)]],
+                'crop_box': [0, 0, w, h],
+            })
+        num_masks += len(anns)
+        _dump_json({'image': {'image_id': image_id, 'file_name': base + '.jpg',
+                              'height': h, 'width': w},
+                    'annotations': anns}, osp.join(sa_dir, base + '.json'))
+        basenames.append(base)
+    list_file = osp.join(sa_dir, 'train.txt')
+    with open(list_file, 'w') as f:
+        f.write(''.join(b + '\n' for b in basenames))
+    return {'img_dir': sa_dir, 'list_file': list_file, 'num_images': num_images,
+            'num_masks': num_masks}
+
+
+def generate_shapes_dataset(out_dir: str,
+                            num_train: int = 500,
+                            num_val: int = 100,
+                            image_size: int = 256,
+                            seed: int = 0,
+                            classes: Optional[Sequence[Union[str, int]]] = None,
+                            min_objects: int = 1,
+                            max_objects: int = 5,
+                            sa1b: bool = True,
+                            num_sa1b: Optional[int] = None,
+                            min_visible_area: int = 32,
+                            max_occlusion: float = 0.5) -> Dict:
+    """Write the synthetic shapes dataset (COCO train/val + SA-1B layout).
+
+    Args:
+        classes: class names or indices into ``SHAPE_CLASSES`` (default: all);
+            the first synonym of each name selects its outline. Category ids
+            are 1-based positions in this list.
+        sa1b: also write ``sa1b/`` (its own images, ``num_sa1b`` of them,
+            default ``num_train``).
+
+    Returns:
+        ``{'out_dir', 'classes', 'base_classes', 'novel_classes', 'train',
+        'val', 'sa1b'}``; ``train``/``val`` hold ``img_dir``, ``ann_file``,
+        ``num_images``, ``num_instances``; ``sa1b`` holds ``img_dir``,
+        ``list_file``, ``num_images``, ``num_masks`` (``None`` if not written).
+        ``base_classes``/``novel_classes`` are 0-based indices into ``classes``.
+    """
+    names = _resolve_classes(classes)
+    render_kw = dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
+                     min_visible_area=min_visible_area, max_occlusion=max_occlusion)
+    out_dir = osp.abspath(out_dir)
+    os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
+    result = {
+        'out_dir': out_dir,
+        'classes': tuple(names),
+        'train': _write_coco_split(out_dir, 'train', 'jpg', num_train, names, seed, render_kw),
+        'val': _write_coco_split(out_dir, 'val', 'png', num_val, names, seed, render_kw),
+        'sa1b': None,
+    }
+    if sa1b:
+        n = num_train if num_sa1b is None else num_sa1b
+        result['sa1b'] = _write_sa1b(out_dir, n, names, seed, render_kw)
+    novel_keys = {_shape_key(SHAPE_CLASSES[i]) for i in SHAPE_NOVEL_CLASSES}
+    keys = [_shape_key(n) for n in names]
+    result['novel_classes'] = tuple(i for i, k in enumerate(keys) if k in novel_keys)
+    result['base_classes'] = tuple(i for i, k in enumerate(keys) if k not in novel_keys)
+    return result

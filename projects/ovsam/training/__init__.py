@@ -1,0 +1,4 @@
+"""Training utilities that are not mmengine runner configs (toy CLIP pre-training)."""
+from .clip_pretrain import train_clip_on_crops
+
+__all__ = ['train_clip_on_crops']

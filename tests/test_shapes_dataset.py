@@ -1,0 +1,167 @@
+"""Tests of the synthetic shapes generator (ovsam/datasets/shapes.py)."""
+import importlib.util
+import json
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _load_shapes():
+    # By path, not ``import ovsam``: the generator needs neither torch nor
+    # mmdet, and this keeps the test fast and independent of them.
+    spec = importlib.util.spec_from_file_location(
+        'ovsam_shapes_under_test', osp.join(ROOT, 'projects', 'ovsam', 'datasets', 'shapes.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shapes = _load_shapes()
+
+SIZE = 128
+KW = dict(num_train=6, num_val=3, num_sa1b=4, image_size=SIZE, max_objects=5)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp('shapes')
+    return shapes.generate_shapes_dataset(str(out), seed=0, **KW)
+
+
+def _read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def test_class_lists():
+    assert len(shapes.SHAPE_CLASSES) == 10
+    assert len(set(shapes.SHAPE_CLASSES)) == 10
+    assert len(shapes.SHAPE_BASE_CLASSES) == 7 and len(shapes.SHAPE_NOVEL_CLASSES) == 3
+    assert sorted(shapes.SHAPE_BASE_CLASSES + shapes.SHAPE_NOVEL_CLASSES) == list(range(10))
+
+
+def test_result_dict(dataset):
+    assert dataset['classes'] == shapes.SHAPE_CLASSES
+    assert dataset['novel_classes'] == shapes.SHAPE_NOVEL_CLASSES
+    assert dataset['base_classes'] == shapes.SHAPE_BASE_CLASSES
+    assert dataset['train']['num_images'] == 6 and dataset['val']['num_images'] == 3
+    assert dataset['sa1b']['num_images'] == 4
+    assert dataset['train']['num_instances'] > 0
+
+
+def test_determinism(dataset, tmp_path):
+    again = shapes.generate_shapes_dataset(str(tmp_path / 'same'), seed=0, **KW)
+    other = shapes.generate_shapes_dataset(str(tmp_path / 'other'), seed=1, **KW)
+    for split in ('train', 'val'):
+        ref = _read(dataset[split]['ann_file'])
+        assert _read(again[split]['ann_file']) == ref
+        assert _read(other[split]['ann_file']) != ref
+    first = osp.join(dataset['train']['img_dir'], '000000000001.jpg')
+    assert _read(first) == _read(osp.join(again['train']['img_dir'], '000000000001.jpg'))
+    sa = osp.join(dataset['sa1b']['img_dir'], 'sa_1.json')
+    assert _read(sa) == _read(osp.join(again['sa1b']['img_dir'], 'sa_1.json'))
+
+
+def test_image_independent_of_split_sizes(dataset, tmp_path):
+    # Adding images to a split must not change the ones already there.
+    more = shapes.generate_shapes_dataset(str(tmp_path / 'more'), seed=0, num_train=7, num_val=1,
+                                          image_size=SIZE, sa1b=False)
+    assert more['sa1b'] is None
+    for name in ('000000000001.jpg', '000000000006.jpg'):
+        assert _read(osp.join(more['train']['img_dir'], name)) == _read(
+            osp.join(dataset['train']['img_dir'], name))
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_coco_annotations(dataset, split):
+    info = dataset[split]
+    coco = COCO(info['ann_file'])
+    cat_ids = set(coco.getCatIds())
+    assert cat_ids == set(range(1, 11))
+    assert [c['name'] for c in coco.loadCats(sorted(cat_ids))] == list(shapes.SHAPE_CLASSES)
+    assert len(coco.getImgIds()) == info['num_images']
+    assert len(coco.getAnnIds()) == info['num_instances']
+
+    for img in coco.loadImgs(coco.getImgIds()):
+        path = osp.join(info['img_dir'], img['file_name'])
+        assert img['file_name'].endswith('.jpg' if split == 'train' else '.png')
+        arr = cv2.imread(path)
+        assert arr is not None, path
+        assert arr.shape[:2] == (img['height'], img['width']) == (SIZE, SIZE)
+
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        assert ann['category_id'] in cat_ids
+        assert ann['iscrowd'] == 0
+        assert isinstance(ann['segmentation']['counts'], str)
+        img = coco.imgs[ann['image_id']]
+        mask = coco.annToMask(ann).astype(bool)
+        assert mask.shape == (img['height'], img['width'])
+        area = int(mask.sum())
+        assert area >= 32  # visible-area filter
+        assert abs(ann['area'] - area) <= 0.01 * area
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = ann['bbox']
+        assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+        assert np.allclose(mask_util.toBbox(ann['segmentation']), ann['bbox'])
+
+
+def test_visible_masks_do_not_overlap(dataset):
+    coco = COCO(dataset['train']['ann_file'])
+    for img_id in coco.getImgIds():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        if anns:
+            total = sum(coco.annToMask(a).astype(np.int32) for a in anns)
+            assert total.max() <= 1
+
+
+def test_sa1b_layout(dataset):
+    info = dataset['sa1b']
+    with open(info['list_file']) as f:
+        names = [line.strip() for line in f if line.strip()]
+    assert len(names) == info['num_images']
+    num_masks = 0
+    for name in names:
+        assert osp.isfile(osp.join(info['img_dir'], name + '.jpg'))
+        with open(osp.join(info['img_dir'], name + '.json')) as f:
+            data = json.load(f)
+        img = data['image']
+        assert img['file_name'] == name + '.jpg'
+        assert cv2.imread(osp.join(info['img_dir'], img['file_name'])).shape[:2] == (
+            img['height'], img['width'])
+        for ann in data['annotations']:
+            assert isinstance(ann['segmentation']['counts'], str)
+            mask = mask_util.decode(ann['segmentation'])
+            assert mask.shape == (img['height'], img['width'])
+            assert int(mask.sum()) == ann['area'] >= 32
+            assert np.allclose(mask_util.toBbox(ann['segmentation']), ann['bbox'])
+            px, py = ann['point_coords'][0]
+            assert mask[int(py), int(px)]
+        num_masks += len(data['annotations'])
+    assert num_masks == info['num_masks']
+
+
+def test_render_scene_filters_small_instances():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        image, instances = shapes.render_scene(rng, shapes.SHAPE_CLASSES, image_size=96,
+                                               min_visible_area=200)
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        for cls, mask in instances:
+            assert 0 <= cls < 10 and mask.sum() >= 200
+
+
+def test_class_subset(tmp_path):
+    res = shapes.generate_shapes_dataset(str(tmp_path), num_train=3, num_val=1, image_size=64,
+                                         classes=['star', 'circle,round', 1], sa1b=False)
+    assert res['classes'] == ('star', 'circle,round', 'square')
+    assert res['novel_classes'] == (0,) and res['base_classes'] == (1, 2)
+    coco = COCO(res['train']['ann_file'])
+    assert {a['category_id'] for a in coco.dataset['annotations']} <= {1, 2, 3}
+    with pytest.raises(ValueError):
+        shapes.generate_shapes_dataset(str(tmp_path / 'bad'), classes=['pentagon'])
