@@ -157,6 +157,7 @@ def test_backbone_regrouping_reproduces_open_clip(tiny_cfg, tmp_path):
     p = tmp_path / 'tiny_clip.pt'
     torch.save(clip.state_dict(), p)
     bb = OpenCLIPBackbone('tiny', tiny_cfg.tiny_clip_cfg, init_cfg=dict(type='Pretrained', checkpoint=str(p)))
+    bb.init_weights()  # like mmengine's Pretrained init, loading happens here
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         ref = clip.encode_image(x)
@@ -228,16 +229,18 @@ def test_sam_checkpoint_initialises_decoder_and_pos_embed(tiny_cfg, tmp_path):
     head_cfg = dict(tiny_cfg.model.mask_decoder)
     head_cfg.pop('type')
     head = CLIP2SAMHead(**head_cfg, sam_checkpoint=files['sam'])
+    head.init_weights()
     assert torch.equal(head.mask_decoder.mask_tokens.weight, sam['mask_decoder.mask_tokens.weight'][:1])
     neck_cfg = dict(tiny_cfg.model.neck)
     neck_cfg.pop('type')
     neck = SAM2CLIPAdapter(**neck_cfg, sam_checkpoint=files['sam'])
+    neck.init_weights()
     assert torch.equal(neck.pos_embed, sam['image_encoder.pos_embed'])
     neck_cfg['embed_dim'] = 32
     neck_cfg['num_heads'] = 2
     from ovsam.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match='pos_embed has shape'):
-        SAM2CLIPAdapter(**neck_cfg, sam_checkpoint=files['sam'])
+        SAM2CLIPAdapter(**neck_cfg, sam_checkpoint=files['sam']).init_weights()
 
 
 def test_missing_checkpoint_file_is_clear(tiny_cfg):

@@ -143,19 +143,22 @@ class CLIP2SAMHead(BaseModule):
 
         self.frozen = frozen
         self._pretrained = init_cfg
-        if sam_checkpoint is not None:
-            from ..checkpoint import load_sam_mask_decoder
-            load_sam_mask_decoder(self.mask_decoder, sam_checkpoint)
-        if init_cfg is not None:
-            from ..checkpoint import load_module_from_checkpoint
-            load_module_from_checkpoint(self, init_cfg['checkpoint'], init_cfg.get('prefix', 'mask_decoder'))
+        self.sam_checkpoint = sam_checkpoint
         if frozen:
             self.requires_grad_(False)
             self.eval()
 
     def init_weights(self) -> None:
-        # SAM's and ConvModule's own initialisation (or loaded weights) is kept.
-        pass
+        """SAM's and ConvModule's own initialisation; then SAM's decoder and/or
+        a trained head, loaded strictly."""
+        if self.sam_checkpoint is not None:
+            from ..checkpoint import load_sam_mask_decoder
+            load_sam_mask_decoder(self.mask_decoder, self.sam_checkpoint)
+        if self._pretrained is not None:
+            from ..checkpoint import load_module_from_checkpoint
+            load_module_from_checkpoint(self, self._pretrained['checkpoint'],
+                                        self._pretrained.get('prefix', 'mask_decoder'))
+        self._is_init = True
 
     def train(self, mode: bool = True):
         return super().train(False if self.frozen else mode)

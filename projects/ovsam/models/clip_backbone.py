@@ -103,19 +103,21 @@ class OpenCLIPBackbone(BaseModule):
         self.strides = (4, 8, 16, 32)
         self.image_size = vision_cfg.image_size
         self.frozen = frozen
-        if init_cfg is not None:
-            if init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg:
-                raise ValueError("OpenCLIPBackbone init_cfg must be dict(type='Pretrained', checkpoint=PATH)")
-            from ..checkpoint import load_clip_visual
-            load_clip_visual(self, init_cfg['checkpoint'])
+        if init_cfg is not None and (init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg):
+            raise ValueError("OpenCLIPBackbone init_cfg must be dict(type='Pretrained', checkpoint=PATH)")
+        self._pretrained = init_cfg
         if frozen:
             self.requires_grad_(False)
             self.eval()
 
     def init_weights(self) -> None:
-        # Weights come from open_clip's own init or from a CLIP checkpoint;
-        # mmengine's generic initialisers must not touch them.
-        pass
+        # open_clip's own initialisation, or the CLIP checkpoint (strict);
+        # like mmengine's Pretrained init this runs in init_weights(), so
+        # building a model for testing needs no CLIP file.
+        if self._pretrained is not None:
+            from ..checkpoint import load_clip_visual
+            load_clip_visual(self, self._pretrained['checkpoint'])
+        self._is_init = True
 
     def train(self, mode: bool = True):
         return super().train(False if self.frozen else mode)

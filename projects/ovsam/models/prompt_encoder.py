@@ -37,15 +37,16 @@ class SAMPromptEncoder(PromptEncoder):
                          input_image_size=(image_size, image_size),
                          mask_in_chans=mask_in_chans)
         self.frozen = frozen
-        if sam_checkpoint is not None:
-            from ..checkpoint import load_module_from_checkpoint
-            load_module_from_checkpoint(self, sam_checkpoint, 'prompt_encoder')
+        self.sam_checkpoint = sam_checkpoint
         if frozen:
             self.requires_grad_(False)
             self.eval()
 
     def init_weights(self) -> None:
-        pass
+        if self.sam_checkpoint is not None:
+            from ..checkpoint import load_module_from_checkpoint
+            load_module_from_checkpoint(self, self.sam_checkpoint, 'prompt_encoder')
+        self._is_init = True
 
     def train(self, mode: bool = True):
         return super().train(False if self.frozen else mode)

@@ -113,19 +113,23 @@ class SAM2CLIPAdapter(BaseModule):
         self.out_channels = out_channels
         self.frozen = frozen
         self._pretrained = init_cfg
-        if sam_checkpoint is not None:
-            from ..checkpoint import load_sam_pos_embed
-            self.pos_embed.copy_(load_sam_pos_embed(sam_checkpoint, self.pos_embed.shape))
-        if init_cfg is not None:
-            from ..checkpoint import load_module_from_checkpoint
-            load_module_from_checkpoint(self, init_cfg['checkpoint'], init_cfg.get('prefix'))
+        self.sam_checkpoint = sam_checkpoint
         if frozen:
             self.requires_grad_(False)
             self.eval()
 
     def init_weights(self) -> None:
-        if self._pretrained is None:
-            nn.init.normal_(self.level_encoding.weight, mean=0., std=1.)
+        """Random level embeddings, SAM's position embedding, then (if given)
+        a trained adapter, loaded strictly."""
+        nn.init.normal_(self.level_encoding.weight, mean=0., std=1.)
+        if self.sam_checkpoint is not None:
+            from ..checkpoint import load_sam_pos_embed
+            with torch.no_grad():
+                self.pos_embed.copy_(load_sam_pos_embed(self.sam_checkpoint, self.pos_embed.shape))
+        if self._pretrained is not None:
+            from ..checkpoint import load_module_from_checkpoint
+            load_module_from_checkpoint(self, self._pretrained['checkpoint'], self._pretrained.get('prefix'))
+        self._is_init = True
 
     def train(self, mode: bool = True):
         return super().train(False if self.frozen else mode)

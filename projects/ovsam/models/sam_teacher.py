@@ -73,13 +73,16 @@ class SAMImageEncoder(BaseModule):
         self.encoder = build_sam_image_encoder(variant, image_size, out_chans, patch_size, window_size,
                                                **custom)
         self.frozen = frozen
-        if checkpoint is not None:
-            from ..checkpoint import load_module_from_checkpoint
-            load_module_from_checkpoint(self.encoder, checkpoint, 'image_encoder')
-            self._is_init = True
+        self.checkpoint = checkpoint
         if frozen:
             self.requires_grad_(False)
             self.eval()
+
+    def init_weights(self) -> None:
+        if self.checkpoint is not None:
+            from ..checkpoint import load_module_from_checkpoint
+            load_module_from_checkpoint(self.encoder, self.checkpoint, 'image_encoder')
+        self._is_init = True
 
     def train(self, mode: bool = True):
         return super().train(False if self.frozen else mode)
