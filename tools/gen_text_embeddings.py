@@ -18,7 +18,7 @@ import sys
 
 
 def read_classes(spec: str):
-    """A dataset name (coco, lvis, shapes), a .txt (one per line) or a COCO .json."""
+    """A dataset name (coco, coco-ov, lvis, shapes), a .txt (one per line) or a COCO .json."""
     if osp.isfile(spec):
         if spec.endswith('.json'):
             with open(spec) as f:
@@ -30,19 +30,22 @@ def read_classes(spec: str):
     if name == 'coco':
         from mmdet.datasets import CocoDataset
         return list(CocoDataset.METAINFO['classes'])
+    if name == 'coco-ov':
+        from ovsam.datasets.coco_ov import COCO_OV_CLASSES, with_synonyms
+        return with_synonyms(COCO_OV_CLASSES)
     if name == 'lvis':
         from mmdet.datasets import LVISV1Dataset
         return list(LVISV1Dataset.METAINFO['classes'])
     if name == 'shapes':
         from ovsam.datasets.shapes import SHAPE_CLASSES
         return list(SHAPE_CLASSES)
-    raise SystemExit(f'--classes {spec!r}: not a file and not one of coco, lvis, shapes')
+    raise SystemExit(f'--classes {spec!r}: not a file and not one of coco, coco-ov, lvis, shapes')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--classes', help='coco | lvis | shapes | classes.txt | COCO annotations .json')
+    src.add_argument('--classes', help='coco | coco-ov | lvis | shapes | classes.txt | COCO annotations .json')
     src.add_argument('--names', nargs='+', help='class names (synonyms separated by commas)')
     p.add_argument('--clip-model', default='RN50x16', help='open_clip model name')
     p.add_argument('--clip-cfg', help='json file with a custom open_clip model config (tiny models)')

@@ -40,6 +40,7 @@ test_dataloader = dict(
         test_mode=True,
         pipeline=test_pipeline))
 # proposal_nums sets COCOeval's maxDets: (1, 10, 100) is the standard COCO
-# protocol (mmdet's default (100, 300, 1000) would report AP at 1000 dets).
+# protocol. With mmdet's default (100, 300, 1000), mAP is still at 100
+# detections per image but mAP_50 / 75 / s / m / l would be at 1000.
 test_evaluator = dict(
     type='CocoMetric', ann_file=data_root + coco_ann_file, metric='segm', proposal_nums=(1, 10, 100))

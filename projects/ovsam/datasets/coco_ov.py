@@ -33,3 +33,50 @@ def with_synonyms(classes):
 
 
 assert len(COCO_BASE_48) == 48 and len(COCO_NOVEL_17) == 17 and len(COCO_OV_CLASSES) == 65
+
+
+from mmdet.datasets import LVISV1Dataset  # noqa: E402
+
+from ..registry import DATASETS  # noqa: E402
+
+
+@DATASETS.register_module()
+class CocoOVDataset(CocoDataset):
+    """COCO in the 65-class open-vocabulary label space.
+
+    ``keep='base'`` drops the novel classes' annotations (training: the model
+    must never see them), ``keep='all'`` keeps both (evaluation). Labels index
+    :data:`COCO_OV_CLASSES` either way, so one vocabulary serves both.
+    """
+
+    METAINFO = dict(classes=COCO_OV_CLASSES, palette=CocoDataset.METAINFO['palette'][:len(COCO_OV_CLASSES)])
+
+    def __init__(self, *args, keep: str = 'all', **kwargs) -> None:
+        if keep not in ('all', 'base', 'novel'):
+            raise ValueError(f"keep must be 'all', 'base' or 'novel', got {keep!r}")
+        self.keep = keep
+        super().__init__(*args, **kwargs)
+
+    def parse_data_info(self, raw_data_info: dict):
+        info = super().parse_data_info(raw_data_info)
+        if self.keep != 'all':
+            ids = set(COCO_OV_BASE_IDS if self.keep == 'base' else COCO_OV_NOVEL_IDS)
+            info['instances'] = [i for i in info['instances'] if i['bbox_label'] in ids]
+        return info
+
+
+@DATASETS.register_module()
+class LVISV1NoRareDataset(LVISV1Dataset):
+    """LVIS v1 without the rare classes' annotations (the 1203-class label
+    space is kept, so rare classes stay recognisable through CLIP)."""
+
+    def load_data_list(self):
+        data_list = super().load_data_list()
+        cats = self.lvis.load_cats(self.cat_ids)
+        rare = {self.cat2label[c['id']] for c in cats if c.get('frequency') == 'r'}
+        if not cats or all('frequency' not in c for c in cats):
+            raise ValueError(f'{self.ann_file}: categories carry no "frequency" field; '
+                             'LVIS v1 annotations are needed to drop rare classes')
+        for info in data_list:
+            info['instances'] = [i for i in info['instances'] if i['bbox_label'] not in rare]
+        return data_list
