@@ -322,3 +322,36 @@ def load_official_ovsam(model: nn.Module,
         module = getattr(model, module_name)
         load_state_dict_strict(module, sd, f'{files[source[module_name]]!r} -> {module_name}')
         module._is_init = True  # keep mmengine's init_weights off loaded weights
+
+
+# ------------------------------------------------------------------- writing
+def _atomic_write(data: bytes, filepath: str) -> None:
+    import os
+    d = osp.dirname(osp.abspath(filepath))
+    os.makedirs(d, exist_ok=True)
+    tmp = osp.join(d, f'.{osp.basename(filepath)}.tmp{os.getpid()}')
+    with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, filepath)
+
+
+def make_mmengine_local_writes_atomic() -> None:
+    """Write local files (checkpoints, ``last_checkpoint``) to a temporary name
+    and rename: a run killed mid-save leaves the previous checkpoint intact
+    instead of a truncated file that ``--resume`` would pick up."""
+    from mmengine.fileio import LocalBackend, register_backend
+
+    class AtomicLocalBackend(LocalBackend):
+
+        def put(self, obj: bytes, filepath) -> None:
+            _atomic_write(obj, str(filepath))
+
+        def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+            _atomic_write(obj.encode(encoding), str(filepath))
+
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+    from mmengine.fileio import io as mmengine_io
+    for key in [k for k, v in mmengine_io.backend_instances.items() if type(v) is LocalBackend]:
+        del mmengine_io.backend_instances[key]

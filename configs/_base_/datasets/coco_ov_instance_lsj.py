@@ -7,6 +7,7 @@ backend_args = None
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckImageSize'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomResize', scale=img_scale, ratio_range=(0.9, 2.0), keep_ratio=True),
@@ -17,6 +18,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='CheckImageSize'),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -52,3 +54,5 @@ val_dataloader = dict(
         pipeline=test_pipeline,
         backend_args=backend_args))
 test_dataloader = val_dataloader
+
+custom_hooks = [dict(type='CheckVocabularyHook')]

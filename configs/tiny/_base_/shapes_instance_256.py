@@ -1,6 +1,6 @@
 # The generated shapes data set (tools/generate_shapes.py) in COCO format,
 # resized to 256 px on the long side (the tiny model's input).
-dataset_type = 'CocoDataset'
+dataset_type = 'CheckedCocoDataset'
 data_root = 'data/shapes/'
 img_scale = 256
 # Category names as written by the generator (synonyms after commas).
@@ -11,6 +11,7 @@ novel_classes = [3, 8, 9]
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='CheckImageSize'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomResize', scale=(img_scale, img_scale), ratio_range=(0.8, 1.25), keep_ratio=True),
@@ -21,6 +22,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='CheckImageSize'),
     dict(type='Resize', scale=(img_scale, img_scale), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -60,3 +62,5 @@ val_evaluator = [
          format_only=False),
 ]
 test_evaluator = val_evaluator
+
+custom_hooks = [dict(type='CheckVocabularyHook')]

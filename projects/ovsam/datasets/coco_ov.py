@@ -21,8 +21,8 @@ COCO_OV_NOVEL_IDS = tuple(i for i, c in enumerate(COCO_OV_CLASSES) if c in COCO_
 
 COCO_OV_SYNONYMS = {
     'person': 'person,people,human', 'motorcycle': 'motorcycle,motorbike', 'airplane': 'airplane,aeroplane',
-    'tv': 'tv,television,monitor', 'couch': 'couch,sofa', 'cup': 'cup,mug', 'mouse': 'computer mouse',
-    'remote': 'remote control', 'bicycle': 'bicycle,bike', 'handbag': 'handbag,purse',
+    'tv': 'tv,television,monitor', 'couch': 'couch,sofa', 'cup': 'cup,mug', 'mouse': 'mouse,computer mouse',
+    'remote': 'remote,remote control', 'bicycle': 'bicycle,bike', 'handbag': 'handbag,purse',
     'refrigerator': 'refrigerator,fridge', 'donut': 'donut,doughnut', 'skis': 'skis,ski',
 }
 
@@ -38,10 +38,11 @@ assert len(COCO_BASE_48) == 48 and len(COCO_NOVEL_17) == 17 and len(COCO_OV_CLAS
 from mmdet.datasets import LVISV1Dataset  # noqa: E402
 
 from ..registry import DATASETS  # noqa: E402
+from .checked_coco import CheckedCocoDataset  # noqa: E402
 
 
 @DATASETS.register_module()
-class CocoOVDataset(CocoDataset):
+class CocoOVDataset(CheckedCocoDataset):
     """COCO in the 65-class open-vocabulary label space.
 
     ``keep='base'`` drops the novel classes' annotations (training: the model

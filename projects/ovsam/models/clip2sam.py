@@ -58,15 +58,23 @@ def point_sampled_mask_losses(mask_logits: Tensor, gt_masks: Tensor, loss_mask, 
         mask_logits: (N, 1, h, w) predicted logits.
         gt_masks: (N, H, W) binary masks in the same (padded input) frame;
             point coordinates are normalised, so resolutions may differ.
+        num_points: points per mask; 0 uses every pixel centre of the
+            prediction instead (deterministic, for reproducibility checks).
     """
     from mmcv.ops import point_sample
     from mmdet.models.utils import get_uncertain_point_coords_with_randomness
     from mmdet.utils import reduce_mean
-    n = mask_logits.shape[0]
+    n, _, h, w = mask_logits.shape
     avg_factor = reduce_mean(mask_logits.new_tensor([float(n)])).clamp(min=1)
-    with torch.no_grad():
-        points = get_uncertain_point_coords_with_randomness(mask_logits, None, num_points, oversample_ratio,
-                                                            importance_sample_ratio)
+    if num_points <= 0:
+        ys, xs = torch.meshgrid((torch.arange(h, device=mask_logits.device) + 0.5) / h,
+                                (torch.arange(w, device=mask_logits.device) + 0.5) / w, indexing='ij')
+        points = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(n, -1, -1).to(mask_logits.dtype)
+        num_points = h * w
+    else:
+        with torch.no_grad():
+            points = get_uncertain_point_coords_with_randomness(mask_logits, None, num_points, oversample_ratio,
+                                                                importance_sample_ratio)
     pred = point_sample(mask_logits, points)
     target = point_sample(gt_masks.to(mask_logits.dtype)[:, None], points)
     return dict(loss_dice=loss_dice(pred, target, avg_factor=avg_factor),
@@ -95,7 +103,17 @@ class CLIP2SAMHead(BaseModule):
 
     Shapes: image embedding (B, 256, E, E), prompts (N, T, 256) ->
     mask logits (N, 1, 4E, 4E) and class logits (N, K + 1) (last = background).
+
+    ``shared_image_embed`` (attribute, default False; set by
+    :func:`ovsam.models.fast_inference.enable_fast_decoder`): when all prompts
+    belong to one image and share the dense embedding, decode against one copy
+    of the image embedding instead of one per prompt (equivalent output).
+    ``fast_upscaling`` (attribute, default False, same setter): the mask
+    upscaling head in token layout (equivalent output).
     """
+
+    shared_image_embed = False
+    fast_upscaling = False
 
     def __init__(self,
                  transformer_dim: int = 256,
@@ -175,6 +193,10 @@ class CLIP2SAMHead(BaseModule):
             image_embed: (N, C, E, E) image embedding of each prompt's image.
             image_pe: (1, C, E, E) dense positional encoding.
             sparse: (N, T, C) prompt tokens; dense: (N, C, E, E).
+        ``image_embed`` and ``dense`` may also have batch 1 (one image, the same
+        dense prompt for all N): the first decoder layer then works on one copy of
+        the image tokens instead of N (same result, see ``shared_image_embed``).
+
         Returns:
             mask logits (N, 1, 4E, 4E) and label-token output (N, C).
         """
@@ -183,18 +205,27 @@ class CLIP2SAMHead(BaseModule):
         tokens = torch.cat([self.label_token.weight, dec.mask_tokens.weight], dim=0)
         queries = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
         src = image_embed + dense
-        pos = image_pe.expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
+        if src.shape[0] == 1 and n > 1:
+            # Shared image embedding (see ``shared_image_embed``): SAM's
+            # two-way transformer broadcasts batch-1 keys against N queries.
+            pos = image_pe
+        else:
+            pos = image_pe.expand(n, -1, -1, -1)
+        _, c, h, w = src.shape
         hs, src = dec.transformer(src, pos, queries)
-        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
+        if self.fast_upscaling:
+            from .fast_inference import upscale_and_predict_masks
+            return upscale_and_predict_masks(dec.output_upscaling, src, hyper, h, w), hs[:, 0]
+        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))
         b, c, h, w = upscaled.shape
         masks = (hyper.unsqueeze(1) @ upscaled.view(b, c, h * w)).view(b, 1, h, w)
         return masks, hs[:, 0]
 
     def region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
         """Region embeddings (N, embed_dim) from FPN features inside ``rois`` (N, 5)."""
-        feats = self.roi_conv(self.roi(tuple(fpn_feats), rois))
+        # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
+        feats = self.roi_conv(self.roi(tuple(f.float() for f in fpn_feats), rois.float()))
         embed = feats.mean(dim=(2, 3))
         if self.label_token_weight:
             embed = embed + self.label_token_weight * self.label_mlp(label_out)
@@ -225,7 +256,12 @@ class CLIP2SAMHead(BaseModule):
         n = sparse.shape[0]
         if batch_idx is None:
             batch_idx = sparse.new_zeros(n, dtype=torch.long)
-        masks, label_out = self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
+        if self.shared_image_embed and n > 1 and bool((batch_idx == batch_idx[0]).all()) \
+                and (dense.shape[0] == 1 or dense.stride(0) == 0):
+            # Opt-in fast path: no per-prompt copy of the image embedding.
+            masks, label_out = self.decode_masks(image_embed[batch_idx[:1]], image_pe, sparse, dense[:1])
+        else:
+            masks, label_out = self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
         if boxes is None:
             scale = image_pe.shape[-1] * 16 / masks.shape[-1]
             boxes = masks_to_boxes(masks[:, 0], scale)
@@ -260,7 +296,10 @@ class CLIP2SAMHead(BaseModule):
             labels = gt_labels.clamp(min=0)
             weight = loss_cls.class_weight
             weight = cls_logits.new_tensor(weight) if not torch.is_tensor(weight) else weight
-            avg = (weight[labels] * known).sum().clamp(min=1e-6)
+            from mmdet.utils import reduce_mean
+            # averaged over all ranks' prompts, like the mask losses, so N
+            # processes train exactly like one with the same total batch
+            avg = reduce_mean((weight[labels] * known).sum()).clamp(min=1e-6)
             losses['loss_cls'] = loss_cls(cls_logits, labels, known.float(), avg_factor=avg)
         if gt_masks is None or self.loss_mask is None:
             zero = mask_logits.sum() * 0
