@@ -227,9 +227,9 @@ class CLIP2SAMHead(BaseModule):
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
         feats = self.roi_conv(self.roi(tuple(f.float() for f in fpn_feats), rois.float()))
         embed = feats.mean(dim=(2, 3))
-        if self.label_token_weight:
-            embed = embed + self.label_token_weight * self.label_mlp(label_out)
-        return embed
+        # Added even at weight 0 (the released setting): the label MLP then
+        # takes part in every step, which DDP requires of trained parameters.
+        return embed + self.label_token_weight * self.label_mlp(label_out)
 
     def forward(self,
                 image_embed: Tensor,
