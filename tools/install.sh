@@ -83,8 +83,8 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
   "${PIP[@]}" addict packaging Pillow pyyaml yapf opencv-python
 fi
 
-log "runtime and test requirements"
-"${PIP[@]}" -r requirements/runtime.txt -r requirements/tests.txt
+log "runtime, test and demo requirements"
+"${PIP[@]}" -r requirements/runtime.txt -r requirements/tests.txt -r requirements/optional.txt
 
 log "ovsam (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e .
