@@ -47,7 +47,23 @@ def check_segmentation(seg, ann_id, img_id, height, width, ann_file):
 
 @DATASETS.register_module()
 class CheckedCocoDataset(CocoDataset):
-    """``CocoDataset`` that validates its annotation file (see module doc)."""
+    """``CocoDataset`` that validates its annotation file (see module doc).
+
+    Args:
+        keep_classes: class indices whose annotations are kept (the others
+            are dropped but the label space stays whole): open-vocabulary
+            training on base classes only. None keeps all.
+    """
+
+    def __init__(self, *args, keep_classes=None, **kwargs) -> None:
+        self.keep_classes = None if keep_classes is None else set(int(i) for i in keep_classes)
+        super().__init__(*args, **kwargs)
+
+    def parse_data_info(self, raw_data_info: dict):
+        info = super().parse_data_info(raw_data_info)
+        if self.keep_classes is not None:
+            info['instances'] = [i for i in info['instances'] if i['bbox_label'] in self.keep_classes]
+        return info
 
     def load_data_list(self):
         try:

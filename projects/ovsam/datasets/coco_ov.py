@@ -55,15 +55,8 @@ class CocoOVDataset(CheckedCocoDataset):
     def __init__(self, *args, keep: str = 'all', **kwargs) -> None:
         if keep not in ('all', 'base', 'novel'):
             raise ValueError(f"keep must be 'all', 'base' or 'novel', got {keep!r}")
-        self.keep = keep
-        super().__init__(*args, **kwargs)
-
-    def parse_data_info(self, raw_data_info: dict):
-        info = super().parse_data_info(raw_data_info)
-        if self.keep != 'all':
-            ids = set(COCO_OV_BASE_IDS if self.keep == 'base' else COCO_OV_NOVEL_IDS)
-            info['instances'] = [i for i in info['instances'] if i['bbox_label'] in ids]
-        return info
+        ids = dict(all=None, base=COCO_OV_BASE_IDS, novel=COCO_OV_NOVEL_IDS)[keep]
+        super().__init__(*args, keep_classes=ids, **kwargs)
 
 
 @DATASETS.register_module()

@@ -153,7 +153,8 @@ class OpenCLIPBackbone(BaseModule):
         if self.tower_type != 'resnet':
             raise RuntimeError('region_embed needs an attention-pool head; use mask_embed for ConvNeXt')
         from mmcv.ops import roi_align
-        feats = roi_align(self.clip_feature(c5), rois, (self.roi_size, self.roi_size),
+        # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
+        feats = roi_align(self.clip_feature(c5).float(), rois.float(), (self.roi_size, self.roi_size),
                           1 / 32., 0, 'avg', True)
         return self.head(feats)
 

@@ -56,6 +56,9 @@ class SAM2CLIPAdapter(BaseModule):
         depth / num_heads / mlp_ratio / window_size / global_attn_indexes:
             the SAM ViT blocks.
         frozen: freeze (stage 2 and inference).
+        fast_attention: use the fused, equivalent attention of
+            :class:`ovsam.models.fast_inference.FastBlock` in the ViT blocks
+            (same parameters and state-dict keys; inference speed-up).
         sam_checkpoint: a SAM ``.pth`` whose ``image_encoder.pos_embed``
             initialises the position embedding (stage 1 start).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix=...)``; the
@@ -78,6 +81,7 @@ class SAM2CLIPAdapter(BaseModule):
                  window_size: int = 14,
                  global_attn_indexes: Sequence[int] = (4, ),
                  frozen: bool = False,
+                 fast_attention: bool = False,
                  sam_checkpoint: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=None)
@@ -117,6 +121,9 @@ class SAM2CLIPAdapter(BaseModule):
         if frozen:
             self.requires_grad_(False)
             self.eval()
+        if fast_attention:
+            from .fast_inference import enable_fast_attention
+            enable_fast_attention(self)
 
     def init_weights(self) -> None:
         """Random level embeddings, SAM's position embedding, then (if given)

@@ -1,0 +1,567 @@
+"""Side-by-side CPU benchmark: OV-SAM vs the paper's two SAM + CLIP baselines.
+
+Random weights, no downloads: architectures are built from
+``configs/_base_/models/ovsam_rn50x16.py`` (OV-SAM) and from
+``ovsam.models.baselines`` (SAM-H + CLIP; (a) image crops, (b) mask pooling),
+and all three see the same random image and the same box prompts.
+
+Each model runs in a fresh subprocess (so peak RSS does not mix) that reports:
+per-image and per-prompt latency (median over ``--repeats`` after one warm-up
+run, which also counts FLOPs with ``torch.utils.flop_counter.FlopCounterMode``),
+a stage breakdown, FLOPs, achieved GFLOP/s, the RSS high-water mark and a quick
+fp32 matmul probe of the machine. The OV-SAM worker also times per-prompt
+decoding + recognition from cached image features (``--decode-prompts``, 100,
+in one batched call) against its FLOP floor, and (``--bf16``) the bfloat16
+autocast path with its agreement to fp32. The parent also times loading a
+22k-class cached vocabulary.
+
+Examples::
+
+    python tools/analysis/benchmark.py --out work_dirs/benchmark.json        # real size, minutes
+    python tools/analysis/benchmark.py --quick --out /tmp/bench.json          # tiny, CI smoke test
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REAL_CFG = osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_rn50x16.py')
+TINY_CFG = osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_tiny.py')
+MODELS = ('ovsam', 'sam_crop_clip', 'sam_maskpool_clip')
+TARGETS = dict(ovsam_vs_crop_time=0.35, image_encoder_matmul_fraction=0.75, decode_vs_floor=1.3,
+               peak_rss_gib=4.0, vocab_load_s=1.0)
+
+
+# --------------------------------------------------------------------- helpers
+def rss_peak_mib() -> float:
+    """RSS high-water mark of this process (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def matmul_probe(size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a square matmul (the machine's practical peak)."""
+    import torch
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    best = float('inf')
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def _register_cpu_sdpa_flops():
+    """FlopCounterMode knows CUDA SDPA kernels only; count the CPU flash kernel too."""
+    import torch
+    from torch.utils import flop_counter as fc
+    op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    if op is None or op in fc.flop_registry or op.default in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(op)
+    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        b, h, lq, d = query_shape
+        return 2 * b * h * lq * key_shape[2] * (d + value_shape[3])
+
+
+class Stages:
+    """Accumulate wall time per named stage."""
+
+    def __init__(self):
+        self.t = {}
+
+    def __call__(self, name, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.t[name] = self.t.get(name, 0.) + time.perf_counter() - t
+        return out
+
+
+def count_flops(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+    _register_cpu_sdpa_flops()
+    with FlopCounterMode(display=False) as fc:
+        out = fn()
+    return out, fc.get_total_flops()
+
+
+def make_inputs(size, num_prompts, seed=0):
+    """A random normalised image (1, 3, S, S) and ``num_prompts`` boxes inside it."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(1, 3, size, size, generator=g)
+    xy = torch.rand(num_prompts, 2, generator=g) * size * 0.7
+    wh = (0.1 + torch.rand(num_prompts, 2, generator=g) * 0.2) * size
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
+    sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                         batch_input_shape=(size, size), pad_shape=(size, size),
+                                         scale_factor=(1., 1.)))
+    gt = InstanceData()
+    gt.bboxes = boxes
+    sample.gt_instances = gt
+    return img, sample
+
+
+# --------------------------------------------------------------------- builders
+def ovsam_config(args):
+    from mmengine.config import Config
+    cfg = Config.fromfile(TINY_CFG if args.quick else REAL_CFG)
+    m = cfg.model
+    size = args.image_size
+    if not args.quick:
+        m.backbone.model_name = args.backbone
+        if args.backbone != 'RN50x16':
+            from ovsam.models.clip_backbone import OpenCLIPBackbone  # noqa: F401
+            import open_clip
+            oc = open_clip.get_model_config(args.backbone)
+            if oc is None:
+                raise SystemExit(f'unknown open_clip model {args.backbone}')
+            layers, width = oc['vision_cfg']['layers'], oc['vision_cfg']['width']
+            if not isinstance(layers, (list, tuple)):
+                raise SystemExit('--backbone: only CLIP ResNet towers are supported by this benchmark')
+            chans = [width * 4 * 2**i for i in range(4)]
+            m.neck.in_channels = chans
+            m.fpn_neck.in_channels = chans
+            m.mask_decoder.embed_dim = oc['embed_dim']
+            m.mask_decoder.classifier.embed_dim = oc['embed_dim']
+            m.mask_decoder.roi_extractor.roi_layer.output_size = oc['vision_cfg']['image_size'] // 32
+    m.neck.input_size = size
+    m.prompt_encoder.image_size = size
+    m.prompt_encoder.embedding_size = size // 16
+    return cfg
+
+
+def build_ovsam(args):
+    import torch
+    import ovsam  # noqa: F401
+    from mmdet.registry import MODELS as MMDET_MODELS
+    cfg = ovsam_config(args)
+    torch.manual_seed(0)
+    model = MMDET_MODELS.build(cfg.model)
+    model.init_weights()
+    dim = model.mask_decoder.embed_dim
+    g = torch.Generator().manual_seed(1)
+    model.mask_decoder.classifier.set_vocabulary(torch.randn(args.num_classes, args.synonyms, dim, generator=g))
+    return model.eval()
+
+
+def build_baseline(args, kind):
+    import torch
+    import ovsam  # noqa: F401
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmengine.config import Config
+    size = args.image_size
+    base = Config.fromfile(TINY_CFG if args.quick else REAL_CFG)
+    clip = dict(base.model.backbone)
+    if not args.quick:
+        clip['model_name'] = args.backbone
+    if args.quick:
+        sam = dict(image_encoder=dict(variant='custom', image_size=size, out_chans=64, embed_dim=64, depth=2,
+                                      num_heads=4, global_attn_indexes=(1, ), window_size=8),
+                   prompt_encoder=dict(embed_dim=64, image_size=size, embedding_size=size // 16, mask_in_chans=8),
+                   decoder=dict(transformer_dim=64, depth=2, mlp_dim=256, num_heads=4))
+    else:
+        sam = dict(image_encoder=dict(variant='vit_h', image_size=size),
+                   prompt_encoder=dict(embed_dim=256, image_size=size, embedding_size=size // 16),
+                   decoder=dict(transformer_dim=256, depth=2, mlp_dim=2048, num_heads=8))
+    torch.manual_seed(0)
+    model = MMDET_MODELS.build(dict(
+        type='SAMCropCLIP' if kind == 'sam_crop_clip' else 'SAMMaskPoolCLIP',
+        sam=sam, clip=clip, classifier=dict(embed_dim=None), multimask_output=False,
+        data_preprocessor=dict(base.model.data_preprocessor)))
+    dim = model.clip.embed_dim
+    g = torch.Generator().manual_seed(1)
+    model.classifier.set_vocabulary(torch.randn(args.num_classes, args.synonyms, dim, generator=g))
+    return model.eval()
+
+
+# --------------------------------------------------------------------- workers
+def _ovsam_image(model, x, st):
+    clip_feats = st('clip_backbone', model.backbone, x)
+    embed = st('sam2clip_adapter', model.neck, clip_feats)
+    fpn = st('fpn', lambda f: tuple(model.fpn_neck(f)), clip_feats)
+    return clip_feats, embed, fpn
+
+
+def decode_and_recognise(model, clip_feats, embed, fpn, prompts):
+    """The per-prompt part of OV-SAM inference from cached image features:
+    prompt encoding, CLIP2SAM decoding + recognition, frozen-CLIP region
+    scores and the ensemble (everything but resizing masks to the image)."""
+    import torch
+    from ovsam.models.ov_ensemble import open_vocab_ensemble
+    from ovsam.models.prompts import embed_prompts
+    sparse, dense, is_point = embed_prompts(model.pe, prompts, model.prompt_mode)
+    head = model.mask_decoder
+    idx = torch.zeros(sparse.shape[0], dtype=torch.long)
+    mask_logits, head_logits, mask_boxes = head(embed, model.pe.get_dense_pe(), sparse, dense, fpn, batch_idx=idx)
+    boxes = torch.where(is_point[:, None], mask_boxes, prompts.bboxes.float())
+    clip_logits = model.classify_with_clip(clip_feats[-1][:1], boxes)
+    seen, allowed = model._split_masks(head.num_classes, head_logits.device)
+    scores = open_vocab_ensemble(head_logits, clip_logits, seen, model.alpha, model.beta, allowed=allowed)
+    return mask_logits, scores
+
+
+def worker_ovsam(args):
+    import torch
+    from ovsam.models.fast_inference import optimize_for_inference
+    model = build_ovsam(args)
+    fast = args.impl == 'fast'
+    optimize_for_inference(model, fast_attention=fast, fast_decoder=fast)
+    x, sample = make_inputs(args.image_size, args.num_prompts)
+    meta = sample.metainfo
+    res = dict(model='ovsam', impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    res['matmul_gflops'] = matmul_probe()
+
+    def run(st):
+        clip_feats, embed, fpn = _ovsam_image(model, x, st)
+        out = st('prompts', model.predict_single, clip_feats, embed, fpn, sample.gt_instances, meta)
+        return out
+
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            run(Stages())
+        # FLOPs stage by stage (an extra, untimed run: the counter's dispatch
+        # does not warm up oneDNN's kernels)
+        _register_cpu_sdpa_flops()
+        from torch.utils.flop_counter import FlopCounterMode
+        flops = {}
+        with FlopCounterMode(display=False) as fc:
+            clip_feats = model.backbone(x)
+        flops['clip_backbone'] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            embed = model.neck(clip_feats)
+        flops['sam2clip_adapter'] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            fpn = tuple(model.fpn_neck(clip_feats))
+        flops['fpn'] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            ref = model.predict_single(clip_feats, embed, fpn, sample.gt_instances, meta)
+        flops['prompts'] = fc.get_total_flops()
+        times = []
+        stages = []
+        for _ in range(args.repeats):
+            st = Stages()
+            t = time.perf_counter()
+            run(st)
+            times.append(time.perf_counter() - t)
+            stages.append(st.t)
+    res['peak_rss_mib'] = rss_peak_mib()
+    _summarise(res, times, stages, flops, image_stages=('clip_backbone', 'sam2clip_adapter', 'fpn'),
+               prompt_stages=('prompts', ), num_prompts=args.num_prompts)
+
+    # per-prompt decoding + recognition from cached features, many prompts in one call
+    n = args.decode_prompts
+    _, many = make_inputs(args.image_size, n, seed=1)
+    with torch.inference_mode():
+        feats = (clip_feats, embed, fpn)
+        for _ in range(max(args.warmup, 1)):
+            decode_and_recognise(model, *feats, many.gt_instances)
+        _, f = count_flops(lambda: decode_and_recognise(model, *feats, many.gt_instances))
+        ts = []
+        for _ in range(max(args.repeats, 3)):
+            t = time.perf_counter()
+            decode_and_recognise(model, *feats, many.gt_instances)
+            ts.append(time.perf_counter() - t)
+    probe = matmul_probe()
+    floor = f / (max(probe, res['matmul_gflops']) * 1e9)
+    res['decode'] = dict(num_prompts=n, time_s=median(ts), per_prompt_ms=median(ts) / n * 1e3, gflops=f / 1e9,
+                         floor_s=floor, per_prompt_floor_ms=floor / n * 1e3, vs_floor=median(ts) / floor,
+                         matmul_gflops=max(probe, res['matmul_gflops']))
+
+    if args.bf16:
+        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+            for _ in range(max(args.warmup, 1)):
+                run(Stages())
+            times, stages = [], []
+            for _ in range(args.repeats):
+                st = Stages()
+                t = time.perf_counter()
+                out = run(st)
+                times.append(time.perf_counter() - t)
+                stages.append(st.t)
+        inter = (out.masks & ref.masks).flatten(1).sum(1).float()
+        union = (out.masks | ref.masks).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        res['bf16'] = dict(per_image_s=median(times),
+                           stages_s={k: median([s[k] for s in stages]) for k in stages[0]},
+                           speedup=res['per_image_s'] / median(times),
+                           mask_iou_vs_fp32_mean=iou.mean().item(), mask_iou_vs_fp32_min=iou.min().item(),
+                           label_agreement=(out.labels == ref.labels).float().mean().item())
+    return res
+
+
+def worker_baseline(args, kind):
+    import torch
+    from ovsam.models.fast_inference import enable_fast_attention
+    model = build_baseline(args, kind)
+    if args.impl == 'fast':
+        enable_fast_attention(model)
+    x, sample = make_inputs(args.image_size, args.num_prompts)
+    meta = sample.metainfo
+    res = dict(model=kind, impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    res['matmul_gflops'] = matmul_probe()
+    maskpool = kind == 'sam_maskpool_clip'
+
+    def run(st):
+        embeds = st('sam_image_encoder', model.sam.image_encoder, x)
+        clip_in = model.clip_inputs(x)
+        ctx = st('clip_dense', model.clip_context, clip_in) if maskpool else None
+        return st('prompts', model.predict_single, embeds[0], clip_in, ctx, sample.gt_instances, meta, 0)
+
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            run(Stages())
+        _register_cpu_sdpa_flops()
+        from torch.utils.flop_counter import FlopCounterMode
+        flops = {}
+        with FlopCounterMode(display=False) as fc:
+            embeds = model.sam.image_encoder(x)
+        flops['sam_image_encoder'] = fc.get_total_flops()
+        clip_in = model.clip_inputs(x)
+        ctx = None
+        if maskpool:
+            with FlopCounterMode(display=False) as fc:
+                ctx = model.clip_context(clip_in)
+            flops['clip_dense'] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            model.predict_single(embeds[0], clip_in, ctx, sample.gt_instances, meta, 0)
+        flops['prompts'] = fc.get_total_flops()
+        times, stages = [], []
+        for _ in range(args.repeats):
+            st = Stages()
+            t = time.perf_counter()
+            run(st)
+            times.append(time.perf_counter() - t)
+            stages.append(st.t)
+    res['peak_rss_mib'] = rss_peak_mib()
+    image = ('sam_image_encoder', 'clip_dense') if maskpool else ('sam_image_encoder', )
+    _summarise(res, times, stages, flops, image_stages=image, prompt_stages=('prompts', ),
+               num_prompts=args.num_prompts, encoder_stages=('sam_image_encoder', ))
+    return res
+
+
+def _summarise(res, times, stages, flops, image_stages, prompt_stages, num_prompts, encoder_stages=None):
+    encoder_stages = encoder_stages or image_stages
+    st = {k: median([s[k] for s in stages]) for k in stages[0]}
+    res['per_image_s'] = median(times)
+    res['per_image_all_s'] = times
+    res['stages_s'] = st
+    res['flops_g'] = {k: v / 1e9 for k, v in flops.items()}
+    res['total_gflops'] = sum(flops.values()) / 1e9
+    res['achieved_gflops_per_s'] = res['total_gflops'] / res['per_image_s']
+    res['image_level_s'] = sum(st.get(k, 0.) for k in image_stages)
+    res['per_prompt_ms'] = sum(st.get(k, 0.) for k in prompt_stages) / num_prompts * 1e3
+    enc_t = sum(st.get(k, 0.) for k in encoder_stages)
+    enc_f = sum(flops.get(k, 0) for k in encoder_stages)
+    res['image_encoder'] = dict(stages=list(encoder_stages), time_s=enc_t, gflops=enc_f / 1e9,
+                                gflops_per_s=enc_f / 1e9 / max(enc_t, 1e-9),
+                                matmul_fraction=enc_f / 1e9 / max(enc_t, 1e-9) / res['matmul_gflops'])
+
+
+def vocab_load(args):
+    """Time loading a cached (K, P, D) vocabulary file + installing it."""
+    import torch
+    from ovsam.models.classifier import TextClassifier
+    from ovsam.vocabulary import load_text_embeddings, save_text_embeddings
+    k = 200 if args.quick else args.vocab_classes
+    d = 64 if args.quick else 768
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'vocab.pth')
+        save_text_embeddings(path, torch.randn(k, args.vocab_synonyms, d), [f'class {i}' for i in range(k)])
+        size = os.path.getsize(path)
+        clf = TextClassifier(embed_dim=d)
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            emb, names = load_text_embeddings(path)
+            clf.set_vocabulary(emb, names)
+            ts.append(time.perf_counter() - t)
+    return dict(classes=k, synonyms=args.vocab_synonyms, dim=d, file_mib=size / 2**20, load_s=median(ts),
+                load_all_s=ts)
+
+
+def run_worker(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.worker == 'ovsam':
+        return worker_ovsam(args)
+    return worker_baseline(args, args.worker)
+
+
+# --------------------------------------------------------------------- report
+def fmt_table(report) -> str:
+    rows = [('model', 'impl', 's/image', 'ms/prompt', 'image-level s', 'GFLOP', 'GFLOP/s', 'peak RSS GiB')]
+    for name in MODELS:
+        r = report['models'].get(name)
+        if not r or 'error' in r:
+            rows.append((name, '-', 'failed', '', '', '', '', ''))
+            continue
+        rows.append((name, r['impl'], f"{r['per_image_s']:.2f}", f"{r['per_prompt_ms']:.1f}",
+                     f"{r['image_level_s']:.2f}", f"{r['total_gflops']:.0f}",
+                     f"{r['achieved_gflops_per_s']:.1f}", f"{r['peak_rss_mib'] / 1024:.2f}"))
+        if 'bf16' in r:
+            b = r['bf16']
+            rows.append((name, r['impl'] + '+bf16', f"{b['per_image_s']:.2f}", '', '', '', '', ''))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [' | '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, '-+-'.join('-' * w for w in widths))
+    out = ['\n'.join(lines), '']
+    t = report['targets']
+    for k, v in t.items():
+        out.append(f"{k}: {v['value'] if v['value'] is None else round(v['value'], 3)} "
+                   f"(target {v['op']} {v['target']}: {'met' if v['met'] else 'NOT met'})")
+    return '\n'.join(out)
+
+
+def targets(report):
+    m = report['models']
+    t = {}
+
+    def add(name, value, op, target):
+        met = None if value is None else (value <= target if op == '<=' else value >= target)
+        t[name] = dict(value=value, op=op, target=target, met=met)
+
+    ov, crop = m.get('ovsam', {}), m.get('sam_crop_clip', {})
+    add('ovsam_vs_crop_time', ov['per_image_s'] / crop['per_image_s']
+        if 'per_image_s' in ov and 'per_image_s' in crop else None, '<=', TARGETS['ovsam_vs_crop_time'])
+    add('image_encoder_matmul_fraction', ov.get('image_encoder', {}).get('matmul_fraction'), '>=',
+        TARGETS['image_encoder_matmul_fraction'])
+    add('decode_vs_floor', ov.get('decode', {}).get('vs_floor'), '<=', TARGETS['decode_vs_floor'])
+    add('peak_rss_gib', ov['peak_rss_mib'] / 1024 if 'peak_rss_mib' in ov else None, '<=', TARGETS['peak_rss_gib'])
+    add('vocab_load_s', report.get('vocab', {}).get('load_s'), '<=', TARGETS['vocab_load_s'])
+    return t
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--image-size', type=int, default=None, help='square input side (1024; --quick: 256)')
+    p.add_argument('--num-prompts', type=int, default=10)
+    p.add_argument('--decode-prompts', type=int, default=100,
+                   help='prompts of the batched decode+recognition measurement')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--backbone', default='RN50x16', help='open_clip ResNet tower')
+    p.add_argument('--repeats', type=int, default=3, help='timed runs (median reported)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs first (oneDNN builds kernels)')
+    p.add_argument('--in-process', action='store_true',
+                   help='run the models in this process (faster start; peak RSS then accumulates). '
+                   'Default with --quick')
+    p.add_argument('--impl', choices=('fast', 'plain'), default='fast',
+                   help='fast: equivalent fused attention + shared decoder embedding (all models); '
+                   'plain: the modules as released')
+    p.add_argument('--bf16', action='store_true', help='also time OV-SAM under bfloat16 autocast')
+    p.add_argument('--models', default=','.join(MODELS), help='comma-separated subset of ' + ','.join(MODELS))
+    p.add_argument('--num-classes', type=int, default=80)
+    p.add_argument('--synonyms', type=int, default=1)
+    p.add_argument('--vocab-classes', type=int, default=22000)
+    p.add_argument('--vocab-synonyms', type=int, default=1)
+    p.add_argument('--out', default=None, help='JSON report path')
+    p.add_argument('--quick', action='store_true', help='tiny models and sizes (smoke test)')
+    p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 256 if args.quick else 1024
+    if args.quick:
+        args.decode_prompts = min(args.decode_prompts, 10)
+        args.repeats = 1
+        args.warmup = min(args.warmup, 1)
+        args.in_process = True
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        res = run_worker(args)
+        with open(args.worker_out, 'w') as f:
+            json.dump(res, f)
+        return
+    import torch
+    torch.set_num_threads(args.threads)
+    report = dict(config=dict(image_size=args.image_size, num_prompts=args.num_prompts, threads=args.threads,
+                              backbone='tiny' if args.quick else args.backbone, repeats=args.repeats,
+                              impl=args.impl, bf16=args.bf16, quick=args.quick, decode_prompts=args.decode_prompts,
+                              torch=torch.__version__, cpu_count=os.cpu_count()),
+                  models={})
+    report['matmul_gflops'] = matmul_probe()
+    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    env = dict(os.environ)
+    env['PYTHONPATH'] = osp.join(ROOT, 'projects') + os.pathsep + env.get('PYTHONPATH', '')
+    names = [m for m in args.models.split(',') if m]
+    for name in names:
+        if name not in MODELS:
+            raise SystemExit(f'unknown model {name!r}; choose from {MODELS}')
+    report['config']['rss_isolated'] = not args.in_process
+    for name in names:
+        print(f'[benchmark] {name} ...', flush=True)
+        t = time.perf_counter()
+        if args.in_process:
+            import argparse as _ap
+            wargs = _ap.Namespace(**vars(args))
+            wargs.worker = name
+            report['models'][name] = run_worker(wargs)
+            print(f'[benchmark] {name}: {report["models"][name]["per_image_s"]:.2f} s/image', flush=True)
+            continue
+        fd, tmp = tempfile.mkstemp(suffix='.json')
+        os.close(fd)
+        cmd = [sys.executable, osp.abspath(__file__)] + base + ['--worker', name, '--worker-out', tmp]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            report['models'][name] = dict(error=err[-4000:])
+            print(f'[benchmark] {name} FAILED:\n{err[-4000:]}', file=sys.stderr, flush=True)
+        else:
+            with open(tmp) as f:
+                report['models'][name] = json.load(f)
+            print(f'[benchmark] {name}: {report["models"][name]["per_image_s"]:.2f} s/image '
+                  f'({time.perf_counter() - t:.0f} s incl. build)', flush=True)
+        os.unlink(tmp)
+    report['vocab'] = vocab_load(args)
+    report['matmul_gflops_end'] = matmul_probe()
+    m = report['models']
+    if 'per_image_s' in m.get('ovsam', {}):
+        for b in ('sam_crop_clip', 'sam_maskpool_clip'):
+            if 'per_image_s' in m.get(b, {}):
+                report.setdefault('ratios', {})[f'ovsam_vs_{b}'] = dict(
+                    time=m['ovsam']['per_image_s'] / m[b]['per_image_s'],
+                    per_prompt=m['ovsam']['per_prompt_ms'] / m[b]['per_prompt_ms'],
+                    flops=m['ovsam']['total_gflops'] / m[b]['total_gflops'],
+                    peak_rss=m['ovsam']['peak_rss_mib'] / m[b]['peak_rss_mib'])
+    report['targets'] = targets(report)
+    print(fmt_table(report))
+    if 'ovsam' in m and 'decode' in m['ovsam']:
+        d = m['ovsam']['decode']
+        print(f"decode+recognition, {d['num_prompts']} prompts in one call: {d['per_prompt_ms']:.2f} ms/prompt, "
+              f"FLOP floor {d['per_prompt_floor_ms']:.2f} ms/prompt ({d['vs_floor']:.2f}x)")
+    v = report['vocab']
+    print(f"vocabulary {v['classes']}x{v['synonyms']}x{v['dim']} ({v['file_mib']:.0f} MiB): "
+          f"load + set_vocabulary {v['load_s'] * 1e3:.0f} ms")
+    print(f"matmul probe: {report['matmul_gflops']:.1f} / {report['matmul_gflops_end']:.1f} GFLOP/s (start/end)")
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(report, f, indent=1)
+        print(f'wrote {args.out}')
+    failed = [k for k, v in m.items() if 'error' in v]
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
