@@ -34,7 +34,7 @@ model = dict(
 
 val_evaluator = [
     dict(type='PromptSegMetric', base_classes=list(COCO_OV_BASE_IDS), novel_classes=list(COCO_OV_NOVEL_IDS)),
-    dict(type='CocoMetric', ann_file='data/coco/annotations/instances_val2017.json', metric=['segm']),
+    dict(type='CocoMetric', ann_file='data/coco/annotations/instances_val2017.json', metric=['segm'], proposal_nums=(1, 10, 100)),
 ]
 test_evaluator = val_evaluator
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))

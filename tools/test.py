@@ -51,6 +51,11 @@ def main():
     setup_cpu_distributed(cfg, args.launcher)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if cfg.get('load_from') is None:
+        # mmengine only initialises weights for training; without a checkpoint
+        # the config's own pretrained files (init_cfg, sam_checkpoint, ...) must
+        # be loaded here, or the test would silently run random weights.
+        runner.model.init_weights()
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -19,7 +19,7 @@ model = dict(
 
 val_evaluator = [
     dict(type='PromptSegMetric'),
-    dict(type='CocoMetric', ann_file='data/shapes/annotations/instances_val.json', metric=['segm']),
+    dict(type='CocoMetric', ann_file='data/shapes/annotations/instances_val.json', metric=['segm'], proposal_nums=(1, 10, 100)),
 ]
 test_evaluator = val_evaluator
 

@@ -9,6 +9,6 @@ train_dataloader = dict(dataset=dict(keep_classes=base_classes))
 model = dict(base_classes=base_classes, novel_classes=novel_classes)
 val_evaluator = [
     dict(type='PromptSegMetric', base_classes=base_classes, novel_classes=novel_classes),
-    dict(type='CocoMetric', ann_file='data/shapes/annotations/instances_val.json', metric=['segm']),
+    dict(type='CocoMetric', ann_file='data/shapes/annotations/instances_val.json', metric=['segm'], proposal_nums=(1, 10, 100)),
 ]
 test_evaluator = val_evaluator

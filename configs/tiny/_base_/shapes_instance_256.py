@@ -59,7 +59,7 @@ test_dataloader = val_dataloader
 val_evaluator = [
     dict(type='PromptSegMetric', base_classes=base_classes, novel_classes=novel_classes),
     dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json', metric=['segm'],
-         format_only=False),
+         proposal_nums=(1, 10, 100), format_only=False),
 ]
 test_evaluator = val_evaluator
 

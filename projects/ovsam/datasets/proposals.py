@@ -92,6 +92,15 @@ def _image_key(value: Any) -> Any:
     return value
 
 
+def _key_array(keys: List[Any]) -> np.ndarray:
+    """Image keys as int64 (fast to sort and group) when all are ints, else objects."""
+    if all(type(k) is int for k in keys):
+        return np.asarray(keys, dtype=np.int64)
+    arr = np.empty(len(keys), dtype=object)
+    arr[:] = keys
+    return arr
+
+
 # ------------------------------------------------------------------ pickles
 class _ResultsUnpickler(pickle.Unpickler):
     """Unpickler for mmdet result pickles: containers, numpy arrays / scalars
@@ -171,9 +180,7 @@ def _read_pickle(path: str) -> DetectionTable:
         labels.append(lab)
     if not keys:
         raise ProposalFileError(f'{path!r} holds no detections ({len(data)} images, all empty)')
-    key_arr = np.empty(len(keys), dtype=object)
-    key_arr[:] = keys
-    return DetectionTable(path, key_arr, np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels),
+    return DetectionTable(path, _key_array(keys), np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels),
                           'mmdet_pkl', len(data))
 
 
@@ -200,8 +207,7 @@ def _read_json(path: str) -> DetectionTable:
             raise ProposalFileError(f'{path!r}: entry {i} bbox {d["bbox"]} is not [x, y, w, h]')
     xywh = np.array([d['bbox'] for d in data], dtype=np.float64)
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    keys = np.empty(len(data), dtype=object)
-    keys[:] = [_image_key(d['image_id']) for d in data]
+    keys = _key_array([_image_key(d['image_id']) for d in data])
     return DetectionTable(path, keys, boxes, np.array([d['score'] for d in data], dtype=np.float64),
                           np.array([d['category_id'] for d in data], dtype=np.int64), 'coco_json',
                           len(set(keys.tolist())))
@@ -353,7 +359,7 @@ class LoadProposalPrompts(BaseTransform):
         path = table.path
         n = len(table)
         cats = table.categories
-        labels = np.array([lookup.get(int(c), -1) for c in cats], dtype=np.int64) if n else np.zeros(0, np.int64)
+        labels = np.array([lookup.get(c, -1) for c in cats.tolist()], dtype=np.int64).reshape(-1)
         known_cat = labels >= 0
         if n and not known_cat.any():
             raise ProposalFileError(
@@ -385,15 +391,9 @@ class LoadProposalPrompts(BaseTransform):
         keep &= table.scores >= self.score_thr
 
         sel = np.flatnonzero(keep)
-        keys = table.image_keys[sel]
-        groups: Dict[Any, List[int]] = {}
-        for i, k in zip(sel.tolist(), keys.tolist()):
-            groups.setdefault(k, []).append(i)
         by_image = {}
-        for k, idx in groups.items():
-            idx = np.asarray(idx)
-            # highest score first; ties keep file order
-            idx = idx[np.argsort(-table.scores[idx], kind='stable')]
+        for k, idx in self._per_image(table.image_keys[sel], table.scores[sel]):
+            idx = sel[idx]
             boxes, scores, labs = table.boxes[idx], table.scores[idx], labels[idx]
             if index is not None:
                 h, w = index.image_sizes[k]
@@ -409,6 +409,25 @@ class LoadProposalPrompts(BaseTransform):
         self.counts['kept'] = sum(len(v[1]) for v in by_image.values())
         self._report(path, unknown_cats, table)
         return by_image
+
+    @staticmethod
+    def _per_image(keys: np.ndarray, scores: np.ndarray):
+        """Yield ``(image key, indices)`` with indices sorted by score, highest
+        first (ties keep file order); vectorised for files with millions of rows."""
+        if len(keys) == 0:
+            return
+        try:
+            uniq, inv = np.unique(keys, return_inverse=True)
+        except TypeError:  # image keys of mixed types
+            pos: Dict[Any, int] = {}
+            inv = np.array([pos.setdefault(k, len(pos)) for k in keys.tolist()])
+            uniq = np.empty(len(pos), dtype=object)
+            uniq[:] = list(pos)
+        order = np.lexsort((-scores, inv))  # by image, then score; lexsort is stable
+        bounds = np.flatnonzero(np.diff(inv[order])) + 1
+        for chunk in np.split(order, bounds):
+            key = uniq[inv[chunk[0]]]
+            yield (int(key) if isinstance(key, np.integer) else key), chunk
 
     def _report(self, path: str, unknown_cats: Counter, table: DetectionTable) -> None:
         c = self.counts

@@ -1,7 +1,9 @@
+from .baselines import SAMCropCLIP, SAMMaskPoolCLIP
 from .classifier import TextClassifier
 from .clip2sam import CLIP2SAMHead
 from .clip_backbone import OpenCLIPBackbone, clip_text_tower
 from .data_preprocessor import OVSAMDataPreprocessor
+from .frequency_split import OVSAMFrequencySplit
 from .ov_ensemble import open_vocab_ensemble
 from .ovsam import OVSAM
 from .prompt_encoder import SAMPromptEncoder
@@ -13,5 +15,6 @@ from .sam_trainer import PromptableSAM
 
 __all__ = [
     'CLIP2SAMHead', 'OVSAM', 'OVSAMDataPreprocessor', 'OpenCLIPBackbone', 'PromptError', 'PromptableSAM', 'SAM2CLIPDistiller', 'SAMImageEncoder', 'build_sam_image_encoder',
-    'SAM2CLIPAdapter', 'SAMPromptEncoder', 'TextClassifier', 'clip_text_tower', 'open_vocab_ensemble'
+    'SAM2CLIPAdapter', 'SAMPromptEncoder', 'TextClassifier', 'clip_text_tower', 'open_vocab_ensemble',
+    'SAMCropCLIP', 'SAMMaskPoolCLIP', 'OVSAMFrequencySplit'
 ]
