@@ -10,7 +10,10 @@ vocabulary = 'work_dirs/tiny_pipeline/clip/shapes_vocabulary.pth'
 
 model = dict(
     backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=clip_checkpoint)),
-    neck=dict(init_cfg=dict(type='Pretrained', checkpoint=sam2clip_checkpoint, prefix='neck_student')),
+    # Unlike the paper (adapter frozen after stage 1), the toy adapter keeps
+    # training here: its teacher, the tiny SAM, is far weaker than SAM-H.
+    neck=dict(frozen=False,
+              init_cfg=dict(type='Pretrained', checkpoint=sam2clip_checkpoint, prefix='neck_student')),
     prompt_encoder=dict(sam_checkpoint=sam_checkpoint),
     mask_decoder=dict(sam_checkpoint=sam_checkpoint, classifier=dict(vocabulary=vocabulary, num_classes=10)),
     # trained on every class: each one is "seen" by the head

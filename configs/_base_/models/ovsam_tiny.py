@@ -48,6 +48,7 @@ model = dict(
         mlp_dim=256,
         num_heads=4,
         embed_dim=64,
+        region_proj=True,
         roi_extractor=dict(
             type='SingleRoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),

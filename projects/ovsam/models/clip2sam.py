@@ -93,6 +93,10 @@ class CLIP2SAMHead(BaseModule):
         label_token_weight: weight of the label-token MLP output added to the
             region embedding. The released model multiplies it by 0; keep 0 to
             reproduce it.
+        region_proj: add a linear layer after the pooled region features.
+            Off in the released model (whose ReLU-then-mean embedding is
+            non-negative); small models trained from scratch need it to point
+            at arbitrary text embeddings.
         loss_cls / loss_mask / loss_dice: mmdet loss configs.
         num_points / oversample_ratio / importance_sample_ratio: point-sampled
             mask losses (PointRend-style uncertainty sampling).
@@ -124,6 +128,7 @@ class CLIP2SAMHead(BaseModule):
                  roi_extractor: Optional[Dict] = None,
                  classifier: Optional[Dict] = None,
                  label_token_weight: float = 0.,
+                 region_proj: bool = False,
                  loss_cls: Optional[Dict] = None,
                  loss_mask: Optional[Dict] = None,
                  loss_dice: Optional[Dict] = None,
@@ -149,6 +154,7 @@ class CLIP2SAMHead(BaseModule):
             ConvModule(self.roi.out_channels, embed_dim, kernel_size=1, bias=False))
         self.classifier = TextClassifier(**(classifier or {}))
         self.label_token_weight = label_token_weight
+        self.region_proj = nn.Linear(embed_dim, embed_dim) if region_proj else None
         self.embed_dim = embed_dim
 
         self.num_points = num_points
@@ -227,6 +233,8 @@ class CLIP2SAMHead(BaseModule):
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
         feats = self.roi_conv(self.roi(tuple(f.float() for f in fpn_feats), rois.float()))
         embed = feats.mean(dim=(2, 3))
+        if self.region_proj is not None:
+            embed = self.region_proj(embed)
         # Added even at weight 0 (the released setting): the label MLP then
         # takes part in every step, which DDP requires of trained parameters.
         return embed + self.label_token_weight * self.label_mlp(label_out)

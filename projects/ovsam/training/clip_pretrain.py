@@ -76,8 +76,8 @@ def train_clip_on_crops(model_cfg: Dict,
                         templates: Sequence[str] = VILD_TEMPLATES) -> Dict:
     """Train ``open_clip.model.CLIP(**model_cfg)`` contrastively; save its state dict.
 
-    Each batch draws crops of distinct classes where possible, since CLIP's
-    loss treats every other caption in the batch as a negative.
+    Each batch is made of groups holding one crop per class, the loss being
+    open_clip's ``ClipLoss`` within each group.
     Returns a dict with the final loss and the crop classification accuracy
     (zero-shot, against the class captions) on the training crops.
     """
@@ -107,10 +107,14 @@ def train_clip_on_crops(model_cfg: Dict,
     model.train()
     t0 = time.time()
     last = float('nan')
+    num_classes = len(by_class)
+    groups = max(batch_size // num_classes, 1)
     for step in range(steps):
-        # one crop per class per round keeps captions of a batch mostly distinct
-        idx = np.concatenate([rng.choice(ix, size=-(-batch_size // len(by_class))) for ix in by_class])
-        idx = rng.permutation(idx)[:batch_size]
+        # Each group holds one crop of every class: CLIP's loss treats all
+        # other captions of a group as negatives, so a group must not repeat
+        # a class (with 10 classes, random batches would be full of false
+        # negatives).
+        idx = np.concatenate([np.array([rng.choice(ix) for ix in by_class]) for _ in range(groups)])
         imgs = crops[idx].copy()
         flip = rng.random(len(idx)) < 0.5
         imgs[flip] = imgs[flip, :, ::-1]
@@ -118,9 +122,10 @@ def train_clip_on_crops(model_cfg: Dict,
         imgs = np.stack([np.rot90(im, k) for im, k in zip(imgs, rot)])
         caps = [templates[rng.integers(len(templates))].format(synonyms[labels[i]][rng.integers(len(synonyms[labels[i]]))])
                 for i in idx]
-        img_f = model.encode_image(to_tensor(imgs), normalize=True)
-        txt_f = model.encode_text(tokenizer(caps), normalize=True)
-        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        img_f = model.encode_image(to_tensor(imgs), normalize=True).view(groups, num_classes, -1)
+        txt_f = model.encode_text(tokenizer(caps), normalize=True).view(groups, num_classes, -1)
+        scale = model.logit_scale.exp()
+        loss = sum(loss_fn(img_f[g], txt_f[g], scale) for g in range(groups)) / groups
         opt.zero_grad()
         loss.backward()
         opt.step()
