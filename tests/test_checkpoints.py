@@ -158,12 +158,13 @@ def test_backbone_regrouping_reproduces_open_clip(tiny_cfg, tmp_path):
     torch.save(clip.state_dict(), p)
     bb = OpenCLIPBackbone('tiny', tiny_cfg.tiny_clip_cfg, init_cfg=dict(type='Pretrained', checkpoint=str(p)))
     bb.init_weights()  # like mmengine's Pretrained init, loading happens here
-    x = torch.randn(2, 3, 128, 128)
+    s = tiny_cfg.tiny_clip_cfg.vision_cfg.image_size
+    x = torch.randn(2, 3, s, s)
     with torch.no_grad():
         ref = clip.encode_image(x)
         ours = bb.head(bb(x)[-1])
         # region embedding of the whole image == CLIP's image embedding
-        rois = torch.tensor([[0, 0, 0, 128., 128.], [1, 0, 0, 128., 128.]])
+        rois = torch.tensor([[0, 0, 0, s, s], [1, 0, 0, s, s]], dtype=torch.float32)
         region = bb.region_embed(bb(x)[-1], rois)
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.allclose(region, ref, atol=1e-4)
@@ -172,7 +173,8 @@ def test_backbone_regrouping_reproduces_open_clip(tiny_cfg, tmp_path):
 def test_torchscript_clip_archive_loads(tiny_cfg, tmp_path):
     from ovsam.checkpoint import load_clip_state_dict
     clip = _tiny_clip(tiny_cfg)
-    traced = torch.jit.trace(clip.visual, torch.randn(1, 3, 128, 128))
+    s = tiny_cfg.tiny_clip_cfg.vision_cfg.image_size
+    traced = torch.jit.trace(clip.visual, torch.randn(1, 3, s, s))
     p = tmp_path / 'visual_ts.pt'
     traced.save(str(p))
     sd = load_clip_state_dict(str(p))

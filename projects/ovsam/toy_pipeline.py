@@ -45,8 +45,11 @@ class Pipeline:
         os.makedirs(self.wd, exist_ok=True)
 
     # ------------------------------------------------------------ utilities
-    def done(self, path):
-        return osp.exists(path) and not self.args.force
+    def done(self, path, *deps):
+        """A stage is done when its output exists and is newer than its inputs."""
+        if self.args.force or not osp.exists(path):
+            return False
+        return all(osp.getmtime(path) >= osp.getmtime(d) for d in deps if osp.exists(d))
 
     def config(self, name, out_name, **updates):
         """Write a copy of a tiny config with this run's paths and lengths."""
@@ -117,7 +120,7 @@ class Pipeline:
         return osp.join(self.wd, 'sam', 'sam_tiny.pth')
 
     def run_sam(self):
-        if self.done(self.sam_ckpt):
+        if self.done(self.sam_ckpt, osp.join(self.data, 'annotations', 'instances_train.json')):
             return log('  cached')
         import torch
         it = self.args.sam_iters
@@ -134,13 +137,13 @@ class Pipeline:
         return osp.join(self.wd, 'clip', 'tiny_clip.pt')
 
     def run_clip(self):
-        if self.done(self.clip_ckpt):
+        if self.done(self.clip_ckpt, osp.join(self.data, 'annotations', 'instances_train.json')):
             return log('  cached')
         from mmengine.config import Config
         from ovsam.training import train_clip_on_crops
         cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_tiny.py'))
         res = train_clip_on_crops(cfg.tiny_clip_cfg.to_dict(), osp.join(self.data, 'annotations', 'instances_train.json'),
-                                  osp.join(self.data, 'train'), self.clip_ckpt, steps=self.args.clip_steps,
+                                  osp.join(self.data, 'train'), self.clip_ckpt, steps=self.args.clip_steps, batch_size=40,
                                   seed=self.args.seed, log_every=max(self.args.clip_steps // 5, 1))
         log(f"  tiny CLIP: loss {res['loss']:.3f}, zero-shot crop accuracy {res['crop_accuracy']:.3f} "
             f"on {res['num_crops']} training crops")
@@ -150,7 +153,7 @@ class Pipeline:
         return osp.join(self.wd, 'clip', 'shapes_vocabulary.pth')
 
     def run_vocab(self):
-        if self.done(self.vocab):
+        if self.done(self.vocab, self.clip_ckpt):
             return log('  cached')
         cmd = [sys.executable, osp.join(ROOT, 'tools', 'gen_text_embeddings.py'), '--classes',
                osp.join(self.data, 'annotations', 'instances_train.json'), '--clip-model', 'tiny', '--clip-cfg',
@@ -162,7 +165,7 @@ class Pipeline:
         return osp.join(self.wd, 'sam2clip', 'sam2clip_tiny.pth')
 
     def run_sam2clip(self):
-        if self.done(self.sam2clip_ckpt):
+        if self.done(self.sam2clip_ckpt, self.sam_ckpt, self.clip_ckpt):
             return log('  cached')
         it = self.args.sam2clip_iters
         cfg = self.config(
@@ -194,7 +197,7 @@ class Pipeline:
             }, **self.schedule(it, 50), **extra)
 
     def run_clip2sam(self):
-        if self.done(self.ovsam_ckpt):
+        if self.done(self.ovsam_ckpt, self.sam2clip_ckpt, self.vocab):
             return log('  cached')
         cfg = self.clip2sam_cfg()
         wd = osp.join(self.wd, 'clip2sam')
@@ -304,7 +307,7 @@ class ToyReproduction(Pipeline):
             }, **self.schedule(it, 50))
 
     def run_clip2sam_base(self):
-        if self.done(self.base_ckpt):
+        if self.done(self.base_ckpt, self.sam2clip_ckpt, self.vocab):
             return log('  cached')
         cfg = self.clip2sam_base_cfg()
         wd = osp.join(self.wd, 'clip2sam_base')

@@ -6,7 +6,7 @@ custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)
 image_size = 256
 tiny_clip_cfg = dict(
     embed_dim=64,
-    vision_cfg=dict(image_size=128, layers=[1, 1, 1, 1], width=16),
+    vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=16),
     text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=4, layers=2))
 clip_channels = [64, 128, 256, 512]
 

@@ -200,6 +200,8 @@ class PromptSideModel(nn.Module):
         head = self.head
         feats = head.roi_conv(self.roi_extract(fpn_feats, rois))
         embed = feats.mean(dim=(2, 3))
+        if head.region_proj is not None:
+            embed = head.region_proj(embed)
         if head.label_token_weight:
             embed = embed + head.label_token_weight * head.label_mlp(label_out)
         return embed
