@@ -13,31 +13,13 @@ Stages (each cached in the work dir; re-running skips finished stages):
   eval   held-out images, box and centre-point prompts: mIoU, accuracy, COCO mask AP
   show   a PNG of predictions with labels
 """
-import argparse
-
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--work-dir', default='work_dirs/tiny_pipeline')
-    p.add_argument('--num-train', type=int, default=400)
-    p.add_argument('--num-val', type=int, default=60)
-    p.add_argument('--num-sa1b', type=int, default=300)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--sam-iters', type=int, default=300)
-    p.add_argument('--clip-steps', type=int, default=1200)
-    p.add_argument('--sam2clip-iters', type=int, default=300)
-    p.add_argument('--clip2sam-iters', type=int, default=800)
-    p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--force', action='store_true', help='re-run every stage')
-    return p.parse_args()
 
 
 def main():
-    args = parse_args()
+    from ovsam.toy_pipeline import Pipeline, pipeline_arg_parser
+    args = pipeline_arg_parser(__doc__).parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    import ovsam  # noqa: F401
-    from ovsam.toy_pipeline import Pipeline
     Pipeline(args).run()
 
 

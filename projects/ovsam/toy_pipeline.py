@@ -35,6 +35,24 @@ def log(msg):
     print(f'[tiny-pipeline] {msg}', flush=True)
 
 
+def pipeline_arg_parser(description: str):
+    """Command-line options shared by tools/tiny_pipeline.py and tools/toy_reproduction.py."""
+    import argparse
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--work-dir', default='work_dirs/tiny_pipeline')
+    p.add_argument('--num-train', type=int, default=400)
+    p.add_argument('--num-val', type=int, default=60)
+    p.add_argument('--num-sa1b', type=int, default=300)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--sam-iters', type=int, default=300)
+    p.add_argument('--clip-steps', type=int, default=1200)
+    p.add_argument('--sam2clip-iters', type=int, default=300)
+    p.add_argument('--clip2sam-iters', type=int, default=800)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--force', action='store_true', help='re-run every stage')
+    return p
+
+
 class Pipeline:
 
     def __init__(self, args):
