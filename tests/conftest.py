@@ -6,7 +6,9 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CFG = osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_tiny.py')
 REAL_CFG = osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_rn50x16.py')
-REFERENCE = osp.join(osp.dirname(ROOT), 'shared', 'reference')
+# Key/shape manifests of the official checkpoints (copied from the project's
+# shared/reference so the layout tests never depend on files outside the repo).
+REFERENCE = osp.join(ROOT, 'tests', 'fixtures', 'official_layout')
 
 torch.set_num_threads(2)
 
