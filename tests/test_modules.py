@@ -122,7 +122,6 @@ def test_point_prompt_clip_box_comes_from_mask_not_gt(tiny_model, monkeypatch):
 def test_loss_trains_head_only(tiny_cfg):
     model = build_tiny(tiny_cfg)
     model.train()
-    g = torch.Generator().manual_seed(0)
     masks = torch.zeros(3, 256, 256, dtype=torch.bool)
     masks[0, 20:100, 30:120] = True
     masks[1, 120:200, 100:220] = True

@@ -1,8 +1,6 @@
 """CLIP text towers from local files, for vocabularies (no downloads)."""
 from typing import Dict, Optional
 
-import torch
-
 from .checkpoint import CheckpointError, load_clip_state_dict, load_state_dict_strict
 from .models.clip_backbone import clip_text_tower, resolve_clip_config
 

@@ -7,7 +7,6 @@ nothing were wrong. Here each of those is an error naming the file, image and
 annotation, and what to do.
 """
 import json
-import os.path as osp
 
 from mmcv.transforms import BaseTransform
 from mmdet.datasets import CocoDataset

@@ -5,7 +5,6 @@ split list ``data_root/<split_file>`` with one image name per line (with or
 without extension). Dumped teacher features live in
 ``data_root/<feat_dir>/<name>.pth`` (``tools/dump_sam_features.py``).
 """
-import os
 import os.path as osp
 from typing import List, Optional
 

@@ -7,11 +7,10 @@ projects it to CLIP's embedding width and matches it to the text embeddings of
 the vocabulary (:class:`~ovsam.models.classifier.TextClassifier`).
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor

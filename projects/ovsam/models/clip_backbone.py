@@ -10,11 +10,10 @@ the official checkpoints load without renaming) and exposes
 * ``mask_embed(c5, masks)``: mask-pooled embeddings for towers without an
   attention pool (ConvNeXt).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor
 
@@ -180,7 +179,6 @@ class OpenCLIPBackbone(BaseModule):
 
 def clip_text_tower(model_name: str = 'RN50x16', model_cfg: Optional[Dict] = None):
     """Build the matching open_clip text tower (a full CLIP model, visual removed)."""
-    import open_clip
     from open_clip.model import CLIP
     cfg = resolve_clip_config(model_name, model_cfg)
     model = CLIP(**cfg, quick_gelu='quickgelu' in model_name)

@@ -6,18 +6,18 @@ embedding; ``pe`` (SAM prompt encoder) encodes box/point prompts;
 from the embedding and an FPN (``fpn_neck``) over the CLIP levels; at test time
 the frozen-CLIP region scores are fused in (:mod:`.ov_ensemble`).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
-from mmdet.structures import DetDataSample, SampleList
+from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..registry import MODELS, build_data_preprocessor
 from .ov_ensemble import open_vocab_ensemble
-from .prompts import PromptError, check_prompts, embed_prompts
+from .prompts import check_prompts, embed_prompts
 
 
 def postprocess_masks(mask_logits: Tensor, pad_shape: Tuple[int, int], img_shape: Tuple[int, int],

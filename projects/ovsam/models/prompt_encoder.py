@@ -4,9 +4,8 @@ A thin subclass of ``segment_anything``'s ``PromptEncoder`` (same parameters and
 state-dict keys as SAM's ``prompt_encoder.*``); it adds freezing and an optional
 load from a SAM checkpoint.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from segment_anything.modeling import PromptEncoder
 
 from ..registry import MODELS

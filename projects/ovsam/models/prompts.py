@@ -1,5 +1,5 @@
 """Turning instance prompts into SAM prompt-encoder inputs, with input checks."""
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from mmengine.structures import InstanceData

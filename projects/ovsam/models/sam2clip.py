@@ -8,7 +8,7 @@ place of SAM's own image embedding. It is trained by distillation from SAM's
 image encoder (stage 1).
 """
 from functools import partial
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn

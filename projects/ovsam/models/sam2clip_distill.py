@@ -4,7 +4,6 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
-from mmengine.structures import BaseDataElement
 from torch import Tensor
 
 from ..registry import MODELS, build_data_preprocessor

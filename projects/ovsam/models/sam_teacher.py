@@ -1,6 +1,6 @@
 """SAM's image encoder as the frozen teacher of SAM2CLIP distillation."""
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn

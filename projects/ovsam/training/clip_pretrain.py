@@ -81,7 +81,6 @@ def train_clip_on_crops(model_cfg: Dict,
     Returns a dict with the final loss and the crop classification accuracy
     (zero-shot, against the class captions) on the training crops.
     """
-    import open_clip
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
