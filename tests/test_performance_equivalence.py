@@ -192,3 +192,26 @@ def test_fast_upscaling_matches(dim):
         ref = (hyper.unsqueeze(1) @ up.view(n, dim // 8, -1)).view(n, 1, 4 * h, 4 * w)
         out = upscale_and_predict_masks(dec.output_upscaling, tokens, hyper, h, w)
     torch.testing.assert_close(out, ref, **TOL)
+
+
+def test_channels_last_trunk_matches(tiny_model):
+    """Channels-last CLIP trunk: same features, channels-last layout; switchable back."""
+    from ovsam.models.fast_inference import enable_channels_last
+    model = copy.deepcopy(tiny_model)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        ref = model.backbone(x)
+        assert enable_channels_last(model) == 1
+        out = model.backbone(x)
+        fpn = model.fpn_neck(out)
+        embed = model.neck(out)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(embed, tiny_model.neck(ref), **TOL)
+        torch.testing.assert_close(fpn[0], tiny_model.fpn_neck(ref)[0], **TOL)
+    assert enable_channels_last(model, enabled=False) == 1
+    with torch.no_grad():
+        back = model.backbone(x)
+    assert all(o.is_contiguous() for o in back)

@@ -222,7 +222,7 @@ def worker_ovsam(args):
     from ovsam.models.fast_inference import optimize_for_inference
     model = build_ovsam(args)
     fast = args.impl == 'fast'
-    optimize_for_inference(model, fast_attention=fast, fast_decoder=fast)
+    optimize_for_inference(model, fast_attention=fast, fast_decoder=fast, channels_last=fast)
     x, sample = make_inputs(args.image_size, args.num_prompts)
     meta = sample.metainfo
     res = dict(model='ovsam', impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
@@ -308,10 +308,12 @@ def worker_ovsam(args):
 
 def worker_baseline(args, kind):
     import torch
-    from ovsam.models.fast_inference import enable_fast_attention
+    from ovsam.models.fast_inference import enable_channels_last, enable_fast_attention
     model = build_baseline(args, kind)
     if args.impl == 'fast':
+        # the same equivalent fast paths as OV-SAM gets
         enable_fast_attention(model)
+        enable_channels_last(model)
     x, sample = make_inputs(args.image_size, args.num_prompts)
     meta = sample.metainfo
     res = dict(model=kind, impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
@@ -440,8 +442,16 @@ def targets(report):
     ov, crop = m.get('ovsam', {}), m.get('sam_crop_clip', {})
     add('ovsam_vs_crop_time', ov['per_image_s'] / crop['per_image_s']
         if 'per_image_s' in ov and 'per_image_s' in crop else None, '<=', TARGETS['ovsam_vs_crop_time'])
-    add('image_encoder_matmul_fraction', ov.get('image_encoder', {}).get('matmul_fraction'), '>=',
-        TARGETS['image_encoder_matmul_fraction'])
+    # Against the best matmul rate seen anywhere in the run (parent before/after,
+    # the worker itself): a slow probe must not flatter the encoder.
+    probes = [report.get('matmul_gflops'), report.get('matmul_gflops_end'), ov.get('matmul_gflops')]
+    probes = [p for p in probes if p]
+    enc = ov.get('image_encoder', {})
+    frac = enc['gflops_per_s'] / max(probes) if enc and probes else None
+    if enc and probes:
+        enc['matmul_fraction_best_probe'] = frac
+        enc['best_matmul_gflops'] = max(probes)
+    add('image_encoder_matmul_fraction', frac, '>=', TARGETS['image_encoder_matmul_fraction'])
     add('decode_vs_floor', ov.get('decode', {}).get('vs_floor'), '<=', TARGETS['decode_vs_floor'])
     add('peak_rss_gib', ov['peak_rss_mib'] / 1024 if 'peak_rss_mib' in ov else None, '<=', TARGETS['peak_rss_gib'])
     add('vocab_load_s', report.get('vocab', {}).get('load_s'), '<=', TARGETS['vocab_load_s'])

@@ -21,6 +21,10 @@ float rounding) outputs of the plain modules.
   Swap in/out with :func:`enable_fast_attention`; the module's class changes,
   nothing else (pickling and ``deepcopy`` keep working).
 
+* :func:`enable_channels_last` — the CLIP CNN trunk (and every other convolution)
+  in channels-last layout, the layout oneDNN's CPU convolutions run fastest in;
+  the maths is unchanged.
+
 * :func:`enable_fast_decoder` — CLIP2SAM's decoder without copying the image
   embedding once per prompt (``CLIP2SAMHead.shared_image_embed``) and with the
   mask upscaling head in token layout (``CLIP2SAMHead.fast_upscaling``,
@@ -148,11 +152,33 @@ def enable_fast_decoder(module: nn.Module, enabled: bool = True) -> int:
     return n
 
 
+def enable_channels_last(module: nn.Module, enabled: bool = True) -> int:
+    """Keep convolution weights and the CLIP trunk's activations channels-last
+    (or back to contiguous with ``enabled=False``).
+
+    Every ``OpenCLIPBackbone`` converts its input, so the trunk's convolutions,
+    batch norms and the feature levels it returns stay channels-last; other
+    convolutions (SAM2CLIP patch embeddings, FPN) follow the layout of their
+    input. Returns the number of CLIP trunks switched.
+    """
+    from .clip_backbone import OpenCLIPBackbone
+    fmt = torch.channels_last if enabled else torch.contiguous_format
+    n = 0
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.to(memory_format=fmt)
+        if isinstance(m, OpenCLIPBackbone):
+            m.channels_last = enabled
+            n += 1
+    return n
+
+
 def optimize_for_inference(model: nn.Module, fast_attention: bool = True, fast_decoder: bool = True,
-                           query_chunk: Optional[int] = None) -> nn.Module:
+                           query_chunk: Optional[int] = None, channels_last: bool = True) -> nn.Module:
     """Turn on the equivalent fast paths in place; returns ``model``."""
     enable_fast_attention(model, fast_attention, query_chunk)
     enable_fast_decoder(model, fast_decoder)
+    enable_channels_last(model, channels_last)
     return model
 
 
