@@ -215,3 +215,27 @@ def test_channels_last_trunk_matches(tiny_model):
     with torch.no_grad():
         back = model.backbone(x)
     assert all(o.is_contiguous() for o in back)
+
+
+@pytest.mark.parametrize('grid,heads', [(2, 4), (3, 8)])
+def test_attention_pool_first_token_matches_open_clip(grid, heads):
+    from open_clip.modified_resnet import AttentionPool2d
+    from ovsam.models.fast_inference import attention_pool_first_token
+    torch.manual_seed(grid)
+    pool = AttentionPool2d(grid, 64, heads, 32).eval()
+    x = torch.randn(5, 64, grid, grid)
+    with torch.no_grad():
+        torch.testing.assert_close(attention_pool_first_token(pool, x), pool(x), **TOL)
+
+
+def test_fast_attention_pool_region_embed_matches(tiny_model):
+    from ovsam.models.fast_inference import enable_fast_attention_pool
+    model = copy.deepcopy(tiny_model)
+    c5 = torch.randn(1, model.backbone.out_channels[-1], 8, 8)
+    rois = torch.tensor([[0., 10., 20., 100., 200.], [0., 0., 0., 255., 255.], [0., 50., 60., 70., 80.]])
+    with torch.no_grad():
+        ref = model.backbone.region_embed(c5, rois)
+        assert enable_fast_attention_pool(model) == 1
+        out = model.backbone.region_embed(c5, rois)
+    torch.testing.assert_close(out, ref, **TOL)
+

@@ -308,12 +308,13 @@ def worker_ovsam(args):
 
 def worker_baseline(args, kind):
     import torch
-    from ovsam.models.fast_inference import enable_channels_last, enable_fast_attention
+    from ovsam.models.fast_inference import enable_channels_last, enable_fast_attention, enable_fast_attention_pool
     model = build_baseline(args, kind)
     if args.impl == 'fast':
         # the same equivalent fast paths as OV-SAM gets
         enable_fast_attention(model)
         enable_channels_last(model)
+        enable_fast_attention_pool(model)
     x, sample = make_inputs(args.image_size, args.num_prompts)
     meta = sample.metainfo
     res = dict(model=kind, impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)

@@ -165,7 +165,7 @@ class _SAMCLIPBaseline(BaseDetector):
     def clip_image_embed(self, images: Tensor) -> Tensor:
         """CLIP image embeddings (N, D) of CLIP-sized images (N, 3, S, S)."""
         c5 = self.clip(images)[-1]
-        return self.clip.head(self.clip.clip_feature(c5)).flatten(1)
+        return self.clip.pool(self.clip.clip_feature(c5)).flatten(1)
 
     def decode(self, image_embed: Tensor, prompts: InstanceData) -> Tuple[Tensor, Tensor, Tensor]:
         """SAM masks for one image: low-res logits (N, 1, 4E, 4E), predicted

@@ -63,6 +63,8 @@ class OpenCLIPBackbone(BaseModule):
     """
 
     channels_last = False
+    #: see :func:`ovsam.models.fast_inference.enable_fast_attention_pool`
+    fast_attention_pool = False
 
     def __init__(self,
                  model_name: str = 'RN50x16',
@@ -148,6 +150,13 @@ class OpenCLIPBackbone(BaseModule):
         """The dense C5 map in the space the CLIP head expects."""
         return self.norm_pre(c5)
 
+    def pool(self, feats: Tensor) -> Tensor:
+        """CLIP's head on a (N, C5, g, g) grid at the head's native size -> (N, embed_dim)."""
+        if self.fast_attention_pool and self.tower_type == 'resnet':
+            from .fast_inference import attention_pool_first_token
+            return attention_pool_first_token(self.head, feats)
+        return self.head(feats)
+
     def region_embed(self, c5: Tensor, rois: Tensor) -> Tensor:
         """CLIP embeddings of boxes.
 
@@ -163,7 +172,7 @@ class OpenCLIPBackbone(BaseModule):
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
         feats = roi_align(self.clip_feature(c5).float(), rois.float(), (self.roi_size, self.roi_size),
                           1 / 32., 0, 'avg', True)
-        return self.head(feats)
+        return self.pool(feats)
 
     def mask_embed(self, c5: Tensor, masks: Tensor) -> Tensor:
         """CLIP embeddings of soft or binary masks by average pooling.
@@ -182,7 +191,7 @@ class OpenCLIPBackbone(BaseModule):
         # ResNet: feed the pooled vector as a 1x1 map through the attention pool
         # would mismatch its positional grid, so broadcast it over the grid.
         grid = pooled[:, :, None, None].expand(-1, -1, self.roi_size, self.roi_size)
-        return self.head(grid.contiguous())
+        return self.pool(grid.contiguous())
 
 
 def clip_text_tower(model_name: str = 'RN50x16', model_cfg: Optional[Dict] = None):

@@ -25,6 +25,12 @@ float rounding) outputs of the plain modules.
   in channels-last layout, the layout oneDNN's CPU convolutions run fastest in;
   the maths is unchanged.
 
+* :func:`attention_pool_first_token` — CLIP's attention pool evaluated for the
+  one query whose output CLIP keeps (the mean token): keys and values of every
+  grid cell, a query for one token instead of all ``h*w + 1`` (RN50x16 with a
+  12x12 RoI: about a third fewer FLOPs per region). Switched on per backbone
+  by :func:`enable_fast_attention_pool`.
+
 * :func:`enable_fast_decoder` — CLIP2SAM's decoder without copying the image
   embedding once per prompt (``CLIP2SAMHead.shared_image_embed``) and with the
   mask upscaling head in token layout (``CLIP2SAMHead.fast_upscaling``,
@@ -173,12 +179,52 @@ def enable_channels_last(module: nn.Module, enabled: bool = True) -> int:
     return n
 
 
+def attention_pool_first_token(pool: nn.Module, x: Tensor) -> Tensor:
+    """open_clip ``AttentionPool2d(x)`` computed for its first (mean) token only.
+
+    The module attends from every token to every token and returns token 0;
+    the other queries' outputs are thrown away, so only token 0's query (and
+    one output projection) is computed here. Same weights, same result.
+
+    Args:
+        pool: an open_clip ``AttentionPool2d``.
+        x: (N, C, h, w) with ``h * w + 1`` rows in its positional embedding.
+    Returns:
+        (N, output_dim).
+    """
+    n, c, h, w = x.shape
+    tokens = x.reshape(n, c, h * w).transpose(1, 2)                         # (N, hw, C)
+    tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)    # (N, hw+1, C)
+    tokens = tokens + pool.positional_embedding.to(tokens.dtype)
+    nh = pool.num_heads
+    q = F.linear(tokens[:, :1], pool.q_proj.weight, pool.q_proj.bias)
+    k = F.linear(tokens, pool.k_proj.weight, pool.k_proj.bias)
+    v = F.linear(tokens, pool.v_proj.weight, pool.v_proj.bias)
+    q, k, v = (t.view(n, t.shape[1], nh, c // nh).transpose(1, 2) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v)                             # (N, heads, 1, d)
+    return F.linear(o.reshape(n, c), pool.c_proj.weight, pool.c_proj.bias)
+
+
+def enable_fast_attention_pool(module: nn.Module, enabled: bool = True) -> int:
+    """Let every ResNet ``OpenCLIPBackbone`` pool regions with
+    :func:`attention_pool_first_token`. Returns the number switched."""
+    from .clip_backbone import OpenCLIPBackbone
+    n = 0
+    for m in module.modules():
+        if isinstance(m, OpenCLIPBackbone) and m.tower_type == 'resnet':
+            m.fast_attention_pool = enabled
+            n += 1
+    return n
+
+
 def optimize_for_inference(model: nn.Module, fast_attention: bool = True, fast_decoder: bool = True,
-                           query_chunk: Optional[int] = None, channels_last: bool = True) -> nn.Module:
+                           query_chunk: Optional[int] = None, channels_last: bool = True,
+                           fast_attention_pool: bool = True) -> nn.Module:
     """Turn on the equivalent fast paths in place; returns ``model``."""
     enable_fast_attention(model, fast_attention, query_chunk)
     enable_fast_decoder(model, fast_decoder)
     enable_channels_last(model, channels_last)
+    enable_fast_attention_pool(model, fast_attention_pool)
     return model
 
 
