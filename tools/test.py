@@ -62,6 +62,8 @@ def main():
             raise SystemExit('--out must be a .pkl file')
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    from ovsam.utils import teardown_distributed
+    teardown_distributed()
 
 
 if __name__ == '__main__':

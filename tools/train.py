@@ -58,6 +58,8 @@ def main():
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    from ovsam.utils import teardown_distributed
+    teardown_distributed()
 
 
 if __name__ == '__main__':

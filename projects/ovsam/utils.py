@@ -22,3 +22,16 @@ def setup_cpu_distributed(cfg, launcher: str) -> None:
     wrapper = dict(cfg.get('model_wrapper_cfg', None) or dict(type='MMDistributedDataParallel'))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's threads can be torn down while still
+    joinable ("terminate called without an active exception", SIGABRT), which
+    makes a finished distributed run exit non-zero.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -445,7 +445,8 @@ def targets(report):
         if 'per_image_s' in ov and 'per_image_s' in crop else None, '<=', TARGETS['ovsam_vs_crop_time'])
     # Against the best matmul rate seen anywhere in the run (parent before/after,
     # the worker itself): a slow probe must not flatter the encoder.
-    probes = [report.get('matmul_gflops'), report.get('matmul_gflops_end'), ov.get('matmul_gflops')]
+    probes = [report.get('matmul_gflops'), report.get('matmul_gflops_end'), ov.get('matmul_gflops'),
+              ov.get('decode', {}).get('matmul_gflops')]
     probes = [p for p in probes if p]
     enc = ov.get('image_encoder', {})
     frac = enc['gflops_per_s'] / max(probes) if enc and probes else None
