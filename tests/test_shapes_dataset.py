@@ -165,3 +165,50 @@ def test_class_subset(tmp_path):
     assert {a['category_id'] for a in coco.dataset['annotations']} <= {1, 2, 3}
     with pytest.raises(ValueError):
         shapes.generate_shapes_dataset(str(tmp_path / 'bad'), classes=['pentagon'])
+
+
+def _dominant_hue(image, mask):
+    """Most common hue (degrees, 10-degree bins) of the saturated pixels in ``mask``."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV_FULL)[mask].astype(np.float32)
+    hue = hsv[hsv[:, 1] > 90, 0] * 360.0 / 256.0
+    if len(hue) == 0:
+        return None
+    return (np.argmax(np.bincount((hue // 10).astype(int), minlength=36)) + 0.5) * 10.0
+
+
+def _hue_match_rate(colour_mode):
+    rng = np.random.default_rng(11)
+    hues = np.array([shapes.class_hue(n) for n in shapes.SHAPE_CLASSES])
+    hits = total = 0
+    for _ in range(25):
+        image, instances = shapes.render_scene(rng, shapes.SHAPE_CLASSES, image_size=128,
+                                               colour_mode=colour_mode)
+        for cls, mask in instances:
+            hue = _dominant_hue(image, mask)
+            if hue is None:
+                continue
+            dist = np.abs((hues - hue + 180.0) % 360.0 - 180.0)
+            hits += int(np.argmin(dist) == cls)
+            total += 1
+    assert total >= 40
+    return hits / total
+
+
+def test_colour_mode_class_ties_hue_to_class():
+    # Each class's hue band is 16 degrees wide and 36 apart: the dominant hue
+    # of an instance names its class (textures, blur and noise allowing).
+    assert _hue_match_rate('class') >= 0.85
+
+
+def test_colour_mode_random_leaves_only_the_outline():
+    # 10 classes: hue names the class about as often as chance.
+    assert _hue_match_rate('random') <= 0.3
+
+
+def test_colour_mode_recorded_and_checked(tmp_path):
+    res = shapes.generate_shapes_dataset(str(tmp_path), num_train=1, num_val=1, image_size=64, sa1b=False,
+                                         colour_mode='random')
+    with open(res['train']['ann_file']) as f:
+        assert json.load(f)['info']['colour_mode'] == 'random'
+    with pytest.raises(ValueError, match='colour_mode'):
+        shapes.render_scene(np.random.default_rng(0), shapes.SHAPE_CLASSES, colour_mode='by-class')

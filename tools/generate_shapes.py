@@ -35,6 +35,9 @@ def parse_args():
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--min-objects', type=int, default=1)
     parser.add_argument('--max-objects', type=int, default=5)
+    parser.add_argument('--colour-mode', choices=('class', 'random'), default='class',
+                        help="'class': each class has its own hue band; 'random': colour "
+                        "independent of class (only the outline tells classes apart)")
     parser.add_argument('--no-sa1b', action='store_true', help='skip the SA-1B layout')
     return parser.parse_args()
 
@@ -45,7 +48,7 @@ def main():
     res = shapes.generate_shapes_dataset(
         args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
         seed=args.seed, min_objects=args.min_objects, max_objects=args.max_objects,
-        sa1b=not args.no_sa1b, num_sa1b=args.num_sa1b)
+        sa1b=not args.no_sa1b, num_sa1b=args.num_sa1b, colour_mode=args.colour_mode)
     print(f'shapes dataset in {res["out_dir"]} ({len(res["classes"])} classes, '
           f'base {list(res["base_classes"])}, novel {list(res["novel_classes"])})')
     for split in ('train', 'val'):

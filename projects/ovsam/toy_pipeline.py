@@ -44,6 +44,9 @@ def pipeline_arg_parser(description: str):
     p.add_argument('--num-val', type=int, default=60)
     p.add_argument('--num-sa1b', type=int, default=300)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--colour-mode', choices=('class', 'random'), default='class',
+                   help="generated data: 'class' gives each class its own hue band as well as its "
+                   "outline; 'random' leaves only the outline (the tiny CLIP does not learn that)")
     p.add_argument('--sam-iters', type=int, default=300)
     p.add_argument('--clip-steps', type=int, default=1200)
     p.add_argument('--sam2clip-iters', type=int, default=300)
@@ -124,12 +127,24 @@ class Pipeline:
         }
 
     # ------------------------------------------------------------ stages
+    def data_params(self):
+        a = self.args
+        return dict(num_train=a.num_train, num_val=a.num_val, num_sa1b=a.num_sa1b, seed=a.seed,
+                    colour_mode=a.colour_mode)
+
     def run_data(self):
-        if self.done(osp.join(self.data, 'annotations', 'instances_val.json')):
-            return log('  cached')
+        stamp = osp.join(self.data, 'generated_with.json')
+        # Cached data is reused only if it was generated with the same options.
+        if self.done(osp.join(self.data, 'annotations', 'instances_val.json')) and osp.exists(stamp):
+            with open(stamp) as f:
+                if json.load(f) == self.data_params():
+                    return log('  cached')
         from ovsam.datasets import generate_shapes_dataset
-        info = generate_shapes_dataset(self.data, num_train=self.args.num_train, num_val=self.args.num_val,
-                                       num_sa1b=self.args.num_sa1b, seed=self.args.seed)
+        if osp.isdir(self.data):
+            shutil.rmtree(self.data)
+        info = generate_shapes_dataset(self.data, **self.data_params())
+        with open(stamp, 'w') as f:
+            json.dump(self.data_params(), f)
         log(f"  train {info['train']['num_images']} images / {info['train']['num_instances']} objects, "
             f"val {info['val']['num_images']} / {info['val']['num_instances']}, sa1b {info['sa1b']['num_images']}")
 

@@ -19,8 +19,13 @@ Design choices:
   polygons). ``area`` is the exact pixel count and ``bbox`` the tight box of
   the decoded mask. In mmdet, load them with ``LoadAnnotations(with_mask=True,
   poly2mask=True)`` (the default); ``poly2mask=False`` marks RLE masks ignored.
-* Colour, texture, size and rotation are drawn independently of the class, so
-  only the outline identifies it.
+* Size, rotation and texture are drawn independently of the class. Colour
+  depends on ``colour_mode``: ``'class'`` (default) gives every class its own
+  hue band (36 degrees apart, +-8 degrees of jitter; saturation and brightness
+  random), so both colour and outline identify it; ``'random'`` draws colours
+  independently of the class, so only the outline does. A tiny CLIP trained
+  for two minutes learns colours but not outline-only shapes in whole scenes
+  (README, "Toy scale"), hence the default.
 * Later shapes occlude earlier ones; annotations hold the visible mask. A
   placement that would hide more than ``max_occlusion`` of an earlier shape is
   retried, so no shape is reduced to an ambiguous fragment (a circle with a bite
@@ -68,6 +73,8 @@ _SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2}
 # Object diameter range in pixels at 256 x 256; scaled with the image size.
 _DIAMETER_RANGE_256 = (24.0, 110.0)
 _MIN_COLOUR_DIST = 80.0  # RGB distance from what lies underneath
+_COLOUR_MODES = ('class', 'random')
+_HUE_JITTER = 8.0  # degrees either side of a class's hue
 _PLACEMENT_TRIES = 20
 
 Polygons = List[Tuple[np.ndarray, int]]  # (unit-scale (N, 2) outline, fill value)
@@ -229,14 +236,30 @@ def _rasterise(polys: Polygons, center: np.ndarray, radius: float, angle: float,
     return mask.astype(bool)
 
 
-def _pick_colour(rng, canvas: np.ndarray, label: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A random colour far from every region (background, earlier shapes) it covers."""
+def class_hue(name: str) -> float:
+    """Hue in degrees of a class in ``colour_mode='class'``: fixed by its outline,
+    so a class keeps its colour whatever subset of classes is generated."""
+    return 360.0 * list(_OUTLINES).index(_shape_key(name)) / len(_OUTLINES)
+
+
+def _hue_colour(rng, hue: float) -> np.ndarray:
+    """A BGR colour of hue ``hue`` +- jitter, saturation and value in [0.6, 1]."""
+    h = (hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 360.0
+    # OpenCV's float HSV: H in [0, 360), S and V in [0, 1].
+    hsv = np.array([[[h, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)]]], np.float32)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0] * 255.0
+
+
+def _pick_colour(rng, canvas: np.ndarray, label: np.ndarray, mask: np.ndarray,
+                 hue: Optional[float] = None) -> np.ndarray:
+    """A colour (of ``hue`` if given, else any) far from every region
+    (background, earlier shapes) it covers."""
     under_lbl = label[mask]
     under_rgb = canvas[mask]
     means = [under_rgb[under_lbl == lbl].mean(0) for lbl in np.unique(under_lbl)]
     best, best_dist = None, -1.0
     for _ in range(20):
-        colour = _random_colour(rng)
+        colour = _random_colour(rng) if hue is None else _hue_colour(rng, hue)
         dist = min(float(np.linalg.norm(colour - m)) for m in means)
         if dist >= _MIN_COLOUR_DIST:
             return colour
@@ -251,13 +274,16 @@ def render_scene(rng: np.random.Generator,
                  min_objects: int = 1,
                  max_objects: int = 5,
                  min_visible_area: int = 32,
-                 max_occlusion: float = 0.5) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+                 max_occlusion: float = 0.5,
+                 colour_mode: str = 'class') -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw one image of random shapes.
 
     Args:
         rng: source of all randomness.
         shapes: class names (first synonym selects the outline).
         image_size: side of the square image.
+        colour_mode: ``'class'`` (each class its own hue band) or ``'random'``
+            (colour independent of class; see the module docstring).
 
     Returns:
         ``(image, instances)``: a uint8 (H, W, 3) BGR image and a list of
@@ -266,7 +292,10 @@ def render_scene(rng: np.random.Generator,
     """
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f'need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}')
+    if colour_mode not in _COLOUR_MODES:
+        raise ValueError(f'colour_mode must be one of {_COLOUR_MODES}, got {colour_mode!r}')
     keys = [_shape_key(s) for s in shapes]
+    hues = [class_hue(s) if colour_mode == 'class' else None for s in shapes]
     h = w = int(image_size)
     canvas = _background(rng, h, w)
     label = np.zeros((h, w), np.int32)  # 0 = background, k = k-th drawn shape
@@ -292,7 +321,7 @@ def render_scene(rng: np.random.Generator,
                 break
         else:
             continue  # no acceptable placement: skip this object
-        colour = _pick_colour(rng, canvas, label, mask)
+        colour = _pick_colour(rng, canvas, label, mask, hues[cls])
         ys, xs = np.nonzero(mask)
         canvas[ys, xs] = _texture(rng, colour, ys.astype(np.float32), xs.astype(np.float32))
         counts = list(left) + [area]
@@ -373,7 +402,8 @@ def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names
                   for k, n in enumerate(names)]
     ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
     _dump_json({
-        'info': {'description': f'synthetic shapes ({split})', 'seed': int(seed)},
+        'info': {'description': f'synthetic shapes ({split})', 'seed': int(seed),
+                 'colour_mode': render_kw.get('colour_mode', 'class')},
         'licenses': [],
         'images': images,
         'annotations': annotations,
@@ -432,7 +462,8 @@ def generate_shapes_dataset(out_dir: str,
                             sa1b: bool = True,
                             num_sa1b: Optional[int] = None,
                             min_visible_area: int = 32,
-                            max_occlusion: float = 0.5) -> Dict:
+                            max_occlusion: float = 0.5,
+                            colour_mode: str = 'class') -> Dict:
     """Write the synthetic shapes dataset (COCO train/val + SA-1B layout).
 
     Args:
@@ -441,6 +472,7 @@ def generate_shapes_dataset(out_dir: str,
             are 1-based positions in this list.
         sa1b: also write ``sa1b/`` (its own images, ``num_sa1b`` of them,
             default ``num_train``).
+        colour_mode: ``'class'`` or ``'random'`` (see :func:`render_scene`).
 
     Returns:
         ``{'out_dir', 'classes', 'base_classes', 'novel_classes', 'train',
@@ -451,7 +483,8 @@ def generate_shapes_dataset(out_dir: str,
     """
     names = _resolve_classes(classes)
     render_kw = dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-                     min_visible_area=min_visible_area, max_occlusion=max_occlusion)
+                     min_visible_area=min_visible_area, max_occlusion=max_occlusion,
+                     colour_mode=colour_mode)
     out_dir = osp.abspath(out_dir)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     result = {
