@@ -71,7 +71,9 @@ SHAPE_NOVEL_CLASSES = (3, 8, 9)  # star, crescent, heart
 _SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2}
 
 # Object diameter range in pixels at 256 x 256; scaled with the image size.
-_DIAMETER_RANGE_256 = (24.0, 110.0)
+# The smallest object spans 2.5 cells of a 256-px SAM's 16-px embedding grid
+# (a 40/256 object seen by SAM at 1024 px spans 10 cells).
+_DIAMETER_RANGE_256 = (40.0, 120.0)
 _MIN_COLOUR_DIST = 80.0  # RGB distance from what lies underneath
 _COLOUR_MODES = ('class', 'random')
 _HUE_JITTER = 8.0  # degrees either side of a class's hue
