@@ -152,3 +152,19 @@ def test_unknown_label_gives_no_classification_loss(tiny_cfg):
     losses = model.loss(inputs, samples)
     assert losses['loss_cls'].item() == 0
     assert losses['loss_mask'].item() > 0
+
+
+def test_random_points_in_masks_uniform_inside_and_centre_when_empty():
+    from ovsam.models.data_preprocessor import random_points_in_masks
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[0, 10:14, 20:25] = True  # 20 pixels
+    masks[2, 40, 7] = True
+    boxes = torch.tensor([[0., 0., 8., 8.], [2., 4., 10., 20.], [0., 0., 1., 1.]])
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.stack([random_points_in_masks(masks, boxes, gen) for _ in range(2000)])
+    x, y = pts[:, 0, 0].long(), pts[:, 0, 1].long()
+    assert bool(masks[0, y, x].all())
+    counts = torch.bincount((y - 10) * 5 + (x - 20), minlength=20)
+    assert counts.numel() == 20 and int(counts.min()) > 50  # every pixel drawn, ~100 each
+    assert torch.equal(pts[:, 1], torch.tensor([6., 12.]).expand(2000, 2))  # empty: box centre
+    assert torch.equal(pts[:, 2], torch.tensor([7., 40.]).expand(2000, 2))

@@ -32,10 +32,15 @@ def random_points_in_masks(masks: Tensor, boxes: Tensor, generator: Optional[tor
     """One uniformly random pixel (x, y) inside each mask (N, H, W); the box
     centre for empty masks. Returns (N, 2) in pixels."""
     n, h, w = masks.shape
-    flat = masks.reshape(n, -1).float()
-    empty = flat.sum(1) == 0
-    flat[empty] = 1.0
-    idx = torch.multinomial(flat, 1, generator=generator)[:, 0]
+    flat = masks.reshape(n, -1).bool()
+    counts = flat.sum(1)
+    empty = counts == 0
+    # The k-th mask pixel in raster order, k uniform in [0, count): a cumulative
+    # sum and a binary search (torch.multinomial over H*W weights was ~12 ms
+    # per image, a sixth of a toy training iteration).
+    k = (torch.rand(n, generator=generator, device=masks.device) * counts).long()
+    k = torch.minimum(k, (counts - 1).clamp(min=0))
+    idx = torch.searchsorted(flat.cumsum(1), (k + 1)[:, None]).squeeze(1).clamp(max=h * w - 1)
     pts = torch.stack([idx % w, idx // w], dim=1).float()
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     return torch.where(empty[:, None], centres, pts)
