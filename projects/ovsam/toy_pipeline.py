@@ -50,7 +50,7 @@ def pipeline_arg_parser(description: str):
     p.add_argument('--sam-iters', type=int, default=250)
     p.add_argument('--clip-steps', type=int, default=300)
     p.add_argument('--sam2clip-iters', type=int, default=200)
-    p.add_argument('--clip2sam-iters', type=int, default=1600)
+    p.add_argument('--clip2sam-iters', type=int, default=1400)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--force', action='store_true', help='re-run every stage')
     return p
