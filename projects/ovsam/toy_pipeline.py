@@ -143,7 +143,6 @@ class Pipeline:
         warmup = min(warmup, max(iters // 4, 1))
         return {
             'train_cfg.max_iters': iters,
-            'train_cfg.val_interval': iters + 1,
             # no validation inside training: the eval stage measures the final model
             'train_cfg.val_begin': iters + 1,
             'param_scheduler': [
@@ -162,17 +161,18 @@ class Pipeline:
 
     def run_data(self):
         stamp = osp.join(self.data, 'generated_with.json')
+        params = self.data_params()
         # Cached data is reused only if it was generated with the same options.
         if self.done(osp.join(self.data, 'annotations', 'instances_val.json')) and osp.exists(stamp):
             with open(stamp) as f:
-                if json.load(f) == self.data_params():
+                if json.load(f) == params:
                     return log('  cached')
         from ovsam.datasets import generate_shapes_dataset
         if osp.isdir(self.data):
             shutil.rmtree(self.data)
-        info = generate_shapes_dataset(self.data, **self.data_params())
+        info = generate_shapes_dataset(self.data, **params)
         with open(stamp, 'w') as f:
-            json.dump(self.data_params(), f)
+            json.dump(params, f)
         log(f"  train {info['train']['num_images']} images / {info['train']['num_instances']} objects, "
             f"val {info['val']['num_images']} / {info['val']['num_instances']}, sa1b {info['sa1b']['num_images']}")
 
@@ -327,14 +327,11 @@ class Pipeline:
             json.dump(summary, f, indent=1)
         log(f'finished in {total:.0f} s; summary: {osp.join(self.wd, "summary.json")}')
         for prompt, m in self.metrics.items():
-            log(f"  {prompt:5s} prompts: mIoU {m.get('prompt/miou', float('nan')):.3f}  "
-                f"accuracy {m.get('prompt/accuracy', float('nan')):.3f}  "
-                f"mask AP {m.get('coco/segm_mAP', float('nan')):.3f}")
-        for prompt, m in self.metrics.items():
-            miou, acc = m.get('prompt/miou', 0.0), m.get('prompt/accuracy', 0.0)
+            miou, acc = m.get('prompt/miou', float('nan')), m.get('prompt/accuracy', float('nan'))
             met = miou >= TARGET_MIOU and acc >= TARGET_ACCURACY
-            log(f'  {prompt:5s} prompts vs the target (mIoU >= {TARGET_MIOU}, accuracy >= {TARGET_ACCURACY}): '
-                + ('met' if met else 'NOT met'))
+            log(f"  {prompt:5s} prompts: mIoU {miou:.3f}  accuracy {acc:.3f}  "
+                f"mask AP {m.get('coco/segm_mAP', float('nan')):.3f}  "
+                f"(target mIoU >= {TARGET_MIOU}, accuracy >= {TARGET_ACCURACY}: {'met' if met else 'NOT met'})")
 
 
 # What the main job must reach on held-out images (issue "Training").

@@ -405,7 +405,7 @@ def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names
     ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
     _dump_json({
         'info': {'description': f'synthetic shapes ({split})', 'seed': int(seed),
-                 'colour_mode': render_kw.get('colour_mode', 'class')},
+                 'colour_mode': render_kw['colour_mode']},
         'licenses': [],
         'images': images,
         'annotations': annotations,
