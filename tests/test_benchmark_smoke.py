@@ -24,8 +24,11 @@ def test_benchmark_quick(tmp_path):
         assert m['per_image_s'] > 0 and m['total_gflops'] > 0 and m['peak_rss_mib'] > 0
         assert 0 < m['image_encoder']['matmul_fraction']
     dec = report['models']['ovsam']['decode']
-    for key in ('num_prompts', 'per_prompt_ms', 'per_prompt_floor_ms', 'vs_floor', 'gflops'):
+    for key in ('num_prompts', 'per_prompt_ms', 'per_prompt_floor_ms', 'vs_floor', 'model_gflops',
+                'executed_gflops', 'vs_executed_floor'):
         assert key in dec
+    # the floor counts the plain modules; the fast path folds projections away
+    assert dec['model_gflops'] > dec['executed_gflops'] > 0
     assert report['models']['ovsam']['flops_g']['sam2clip_adapter'] > 0  # SDPA counted
     assert set(report['ratios']) == {'ovsam_vs_sam_crop_clip', 'ovsam_vs_sam_maskpool_clip'}
     assert report['vocab']['load_s'] > 0

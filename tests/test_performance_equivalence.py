@@ -3,8 +3,9 @@
 Tolerances (fp32, CPU): attention through SDPA with the rel-pos bias as a mask
 only re-associates sums, so ViT blocks / adapters / image encoders agree to
 ``atol=rtol=1e-5`` (observed ~1e-6 at 1280 channels); the shared-embedding
-decoder computes the very same operations broadcast, ``atol=rtol=1e-5`` on
-logits. Binary masks and labels must match exactly on these inputs.
+decoder computes the very same operations broadcast, and the folded
+attentions (CLIP's attention pool, the two-way transformer) only re-associate
+products, ``atol=rtol=1e-5`` on logits. Binary masks and labels must match exactly on these inputs.
 No timing assertions here: speed is measured by tools/analysis/benchmark.py.
 """
 import copy
@@ -147,6 +148,29 @@ def test_shared_image_embed_decoder_matches(tiny_model):
     head.shared_image_embed = False
 
 
+@pytest.mark.parametrize('chunk', [1, 4, 10, 32])
+def test_prompt_chunks_match_one_batch(tiny_model, chunk):
+    """Tiled decoding (10 prompts in tiles of ``chunk``, incl. an uneven last
+    tile) gives the masks and logits of one batch through the plain path."""
+    from ovsam.models.fast_inference import enable_fast_decoder
+    model = copy.deepcopy(tiny_model)
+    boxes, sparse, dense = _head_inputs(model, 10)
+    head = model.mask_decoder
+    with torch.no_grad():
+        _, embed, fpn = model.extract_feat(torch.randn(1, 3, 256, 256))
+        pe = model.pe.get_dense_pe()
+        ref = head(embed, pe, sparse, dense, fpn)
+        assert enable_fast_decoder(model, prompt_chunk=chunk) == 1
+        assert head.prompt_chunk == chunk
+        out = head(embed, pe, sparse, dense, fpn)
+    assert out[0].shape == ref[0].shape == (10, 1, 64, 64)
+    torch.testing.assert_close(out[0], ref[0], **TOL)
+    torch.testing.assert_close(out[1], ref[1], **TOL)
+    torch.testing.assert_close(out[2], ref[2])
+    enable_fast_decoder(model, False)
+    assert head.prompt_chunk == 0 and not head.shared_image_embed
+
+
 def test_optimize_for_inference_predict_matches(tiny_cfg):
     from ovsam.models.fast_inference import optimize_for_inference
     plain = build_tiny(tiny_cfg)
@@ -172,6 +196,21 @@ def test_bf16_autocast_runs(tiny_model):
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
         res = tiny_model.predict(inputs, samples)[0].pred_instances
     assert res.masks.shape == (2, 200, 240) and res.labels.shape == (2, )
+
+
+def test_bf16_autocast_fast_paths_run(tiny_cfg):
+    """Under bf16 autocast the fast paths skip their in-place updates (the
+    operands differ in dtype) and stay close to the plain model under autocast."""
+    from ovsam.models.fast_inference import optimize_for_inference
+    plain = build_tiny(tiny_cfg)
+    fast = optimize_for_inference(copy.deepcopy(plain))
+    boxes = [[10, 10, 100, 120], [50, 60, 200, 190], [0, 0, 239, 199]]
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = plain.predict(*make_batch(plain, boxes=boxes))[0].pred_instances
+        out = fast.predict(*make_batch(fast, boxes=boxes))[0].pred_instances
+    inter = (ref.masks & out.masks).flatten(1).sum(1)
+    union = (ref.masks | out.masks).flatten(1).sum(1).clamp(min=1)
+    assert (inter / union).min() > 0.9
 
 
 @pytest.mark.parametrize('dim', [64, 256])
@@ -217,13 +256,18 @@ def test_channels_last_trunk_matches(tiny_model):
     assert all(o.is_contiguous() for o in back)
 
 
-@pytest.mark.parametrize('grid,heads', [(2, 4), (3, 8)])
-def test_attention_pool_first_token_matches_open_clip(grid, heads):
+@pytest.mark.parametrize('grid,heads,width', [(2, 4, 64), (3, 8, 64), (12, 12, 192)])
+def test_attention_pool_first_token_matches_open_clip(grid, heads, width):
     from open_clip.modified_resnet import AttentionPool2d
     from ovsam.models.fast_inference import attention_pool_first_token
     torch.manual_seed(grid)
-    pool = AttentionPool2d(grid, 64, heads, 32).eval()
-    x = torch.randn(5, 64, grid, grid)
+    pool = AttentionPool2d(grid, width, heads, 32).eval()
+    with torch.no_grad():
+        # large key/value biases: the folded form drops the key bias (it
+        # cancels in the softmax) and adds the value bias after pooling
+        pool.k_proj.bias.normal_(0, 3)
+        pool.v_proj.bias.normal_(0, 3)
+    x = torch.randn(5, width, grid, grid)
     with torch.no_grad():
         torch.testing.assert_close(attention_pool_first_token(pool, x), pool(x), **TOL)
 
@@ -239,3 +283,77 @@ def test_fast_attention_pool_region_embed_matches(tiny_model):
         out = model.backbone.region_embed(c5, rois)
     torch.testing.assert_close(out, ref, **TOL)
 
+
+
+def _two_way(depth=2, dim=32, heads=4, mlp=64):
+    from segment_anything.modeling.transformer import TwoWayTransformer
+    torch.manual_seed(depth)
+    tr = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=heads, mlp_dim=mlp).eval()
+    with torch.no_grad():  # non-trivial biases: the folded form treats each bias separately
+        for name, p in tr.named_parameters():
+            if name.endswith('bias'):
+                p.normal_(0, 0.5)
+    return tr
+
+
+@pytest.mark.parametrize('depth,tokens,shared', [(2, 4, True), (2, 4, False), (2, 7, True), (1, 3, False),
+                                                  (0, 4, True)])
+def test_folded_two_way_transformer_matches_plain(depth, tokens, shared):
+    """Folded attention to/from the image tokens == SAM's TwoWayTransformer, for
+    one image embedding shared by all prompts and for one per prompt."""
+    from ovsam.models.fast_inference import folded_two_way_transformer
+    tr = _two_way(depth)
+    n, dim = 5, 32
+    img = torch.randn(1 if shared else n, dim, 6, 7)
+    pe = torch.randn(1, dim, 6, 7)
+    pts = torch.randn(n, tokens, dim)
+    with torch.no_grad():
+        ref_q, ref_k = tr(img.expand(n, -1, -1, -1), pe.expand(n, -1, -1, -1), pts)
+        img_before = img.clone()
+        q, k = folded_two_way_transformer(tr, img, pe, pts)
+    assert torch.equal(img, img_before), 'the caller\'s image embedding was modified'
+    assert k.shape == ref_k.shape == (n, 42, dim)
+    torch.testing.assert_close(q, ref_q, **TOL)
+    torch.testing.assert_close(k, ref_k, **TOL)
+
+
+def test_folded_two_way_transformer_gradients_match():
+    from ovsam.models.fast_inference import folded_two_way_transformer
+    tr = _two_way()
+    img = torch.randn(3, 32, 4, 4, requires_grad=True)
+    pts = torch.randn(3, 4, 32)
+    pe = torch.randn(1, 32, 4, 4)
+    ref = sum(t.square().sum() for t in tr(img, pe.expand(3, -1, -1, -1), pts))
+    g_ref = torch.autograd.grad(ref, img)[0]
+    out = sum(t.square().sum() for t in folded_two_way_transformer(tr, img, pe, pts))
+    g = torch.autograd.grad(out, img)[0]
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_decoder_uses_folded_transformer_only_for_few_tokens(tiny_model, monkeypatch):
+    """Many prompt tokens (H*T > internal dim) take the plain transformer."""
+    import ovsam.models.fast_inference as fi
+    from ovsam.models.fast_inference import enable_fast_decoder
+    model = copy.deepcopy(tiny_model)
+    enable_fast_decoder(model)
+    head = model.mask_decoder
+    calls = []
+    real = fi.folded_two_way_transformer
+    monkeypatch.setattr(fi, 'folded_two_way_transformer', lambda *a: calls.append(a[3].shape[1]) or real(*a))
+    dim = head.mask_decoder.transformer_dim
+    inner = head.mask_decoder.transformer.final_attn_token_to_image.internal_dim
+    heads = head.mask_decoder.transformer.num_heads
+    embed = torch.randn(1, dim, 16, 16)
+    pe = model.pe.get_dense_pe()
+    with torch.no_grad():
+        for t in (2, inner // heads + 1):
+            sparse = torch.randn(3, t, dim)
+            dense = torch.zeros(1, dim, 16, 16)
+            out = head.decode_masks(embed, pe, sparse, dense)
+            head.fast_transformer = False
+            ref = head.decode_masks(embed.expand(3, -1, -1, -1), pe, sparse, dense.expand(3, -1, -1, -1))
+            head.fast_transformer = True
+            torch.testing.assert_close(out[0], ref[0], **TOL)
+            torch.testing.assert_close(out[1], ref[1], **TOL)
+    assert calls == [4]  # label + mask token + 2 sparse; the long prompt fell back

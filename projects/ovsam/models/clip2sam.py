@@ -113,10 +113,18 @@ class CLIP2SAMHead(BaseModule):
     of the image embedding instead of one per prompt (equivalent output).
     ``fast_upscaling`` (attribute, default False, same setter): the mask
     upscaling head in token layout (equivalent output).
+    ``prompt_chunk`` (attribute, default 0 = all at once, same setter): with a
+    shared image embedding, decode the prompts in tiles of this many
+    (equivalent output, less memory traffic).
+    ``fast_transformer`` (attribute, default False, same setter): the two-way
+    transformer without projecting the image tokens when there are few prompt
+    tokens (:func:`ovsam.models.fast_inference.folded_two_way_transformer`).
     """
 
     shared_image_embed = False
     fast_upscaling = False
+    prompt_chunk = 0
+    fast_transformer = False
 
     def __init__(self,
                  transformer_dim: int = 256,
@@ -205,6 +213,19 @@ class CLIP2SAMHead(BaseModule):
         Returns:
             mask logits (N, 1, 4E, 4E) and label-token output (N, C).
         """
+        n = sparse.shape[0]
+        chunk = self.prompt_chunk
+        if chunk > 0 and n > chunk and image_embed.shape[0] == 1 and dense.shape[0] == 1:
+            # Tile the prompts so each tile's per-prompt token maps (chunk x 4096
+            # x 256 floats) stay in cache: the decoder's layer norms, adds and
+            # layout copies are memory-bound, the GEMMs barely change.
+            outs = [self._decode(image_embed, image_pe, sparse[s:s + chunk], dense)
+                    for s in range(0, n, chunk)]
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return self._decode(image_embed, image_pe, sparse, dense)
+
+    def _decode(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor,
+                dense: Tensor) -> Tuple[Tensor, Tensor]:
         dec = self.mask_decoder
         n = sparse.shape[0]
         tokens = torch.cat([self.label_token.weight, dec.mask_tokens.weight], dim=0)
@@ -217,7 +238,13 @@ class CLIP2SAMHead(BaseModule):
         else:
             pos = image_pe.expand(n, -1, -1, -1)
         _, c, h, w = src.shape
-        hs, src = dec.transformer(src, pos, queries)
+        inner = dec.transformer.final_attn_token_to_image.internal_dim
+        if self.fast_transformer and queries.shape[1] * dec.transformer.num_heads <= inner:
+            # few prompt tokens: fold the image-side projections (see fast_inference)
+            from .fast_inference import folded_two_way_transformer
+            hs, src = folded_two_way_transformer(dec.transformer, src, pos, queries)
+        else:
+            hs, src = dec.transformer(src, pos, queries)
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
         if self.fast_upscaling:
             from .fast_inference import upscale_and_predict_masks
