@@ -7,6 +7,15 @@ import sys
 from conftest import ROOT
 
 
+def _load_benchmark():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('ovsam_benchmark',
+                                                  osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_benchmark_quick(tmp_path):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'), '--quick', '--out', str(out)]
@@ -35,3 +44,27 @@ def test_benchmark_quick(tmp_path):
     for key in ('ovsam_vs_crop_time', 'image_encoder_matmul_fraction', 'decode_vs_floor', 'peak_rss_gib',
                 'vocab_load_s'):
         assert key in report['targets'] and report['targets'][key]['value'] is not None
+
+
+def test_flop_counter_counts_fast_block_like_plain():
+    """The benchmark's FLOP counter sees the fast ViT block's in-place GEMMs and
+    CPU SDPA: a global-attention block counts the same FLOPs either way."""
+    import copy
+    from functools import partial
+
+    import torch
+    import torch.nn as nn
+    from segment_anything.modeling.image_encoder import Block
+
+    from ovsam.models.fast_inference import enable_fast_attention
+    bench = _load_benchmark()
+    torch.manual_seed(0)
+    plain = Block(64, 4, 4.0, True, partial(nn.LayerNorm, eps=1e-6), nn.GELU, True, True, 0, (8, 8)).eval()
+    fast = copy.deepcopy(plain)
+    enable_fast_attention(fast)
+    x = torch.randn(1, 8, 8, 64)
+    with torch.inference_mode():
+        _, f_plain = bench.count_flops(lambda: plain(x))
+        _, f_fast = bench.count_flops(lambda: fast(x))
+    assert f_plain > 2 * 64 * 64 * 64 * 12  # at least the qkv/proj/MLP GEMMs
+    assert f_fast == f_plain

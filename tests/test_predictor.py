@@ -93,6 +93,27 @@ def test_predictions_match_ovsam_predict_single(predictor, scene):
     assert np.allclose(predictor.predict(box=boxes).boxes, boxes, atol=1e-4)
 
 
+def test_fast_paths_on_by_default_and_equivalent(cfg, scene):
+    """The predictor switches on the fast inference paths unless ``fast=False``;
+    both give the same masks and labels on the same weights."""
+    import copy
+
+    from ovsam.apis import OVSAMPredictor
+    model = build_tiny(cfg, num_classes=5)
+    kw = dict(clip_model_cfg=cfg.model.backbone.model_cfg, allow_random_text=True)
+    plain = OVSAMPredictor(copy.deepcopy(model), fast=False, **kw)
+    fast = OVSAMPredictor(model, **kw)
+    assert fast.model.mask_decoder.fast_transformer and not plain.model.mask_decoder.fast_transformer
+    boxes = np.array([[10, 20, 120, 150], [100, 5, 300, 190], [0, 0, 319, 199]], np.float32)
+    outs = []
+    for p in (plain, fast):
+        p.set_image(scene)
+        outs.append(p.predict(box=boxes))
+    assert np.array_equal(outs[0].masks, outs[1].masks)
+    assert np.array_equal(outs[0].labels, outs[1].labels)
+    assert np.allclose(outs[0].class_probs, outs[1].class_probs, atol=1e-5)
+
+
 def test_image_formats_give_identical_features(predictor):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # no resize: exact comparisons

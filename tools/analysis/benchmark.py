@@ -67,17 +67,21 @@ def matmul_probe(size: int = 2048, repeats: int = 5) -> float:
 
 
 def _register_cpu_sdpa_flops():
-    """FlopCounterMode knows CUDA SDPA kernels only; count the CPU flash kernel too."""
+    """FlopCounterMode knows CUDA SDPA kernels only and no in-place GEMMs: count
+    the CPU flash kernel and ``addmm_`` / ``baddbmm_`` (the fast paths' residual
+    GEMMs) too."""
     import torch
     from torch.utils import flop_counter as fc
     op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
-    if op is None or op in fc.flop_registry or op.default in fc.flop_registry:
-        return
-
-    @fc.register_flop_formula(op)
-    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-        b, h, lq, d = query_shape
-        return 2 * b * h * lq * key_shape[2] * (d + value_shape[3])
+    if op is not None and op not in fc.flop_registry and op.default not in fc.flop_registry:
+        @fc.register_flop_formula(op)
+        def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+            b, h, lq, d = query_shape
+            return 2 * b * h * lq * key_shape[2] * (d + value_shape[3])
+    aten = torch.ops.aten
+    for inplace, same in ((aten.addmm_, aten.addmm), (aten.baddbmm_, aten.baddbmm)):
+        if inplace not in fc.flop_registry:
+            fc.flop_registry[inplace] = fc.flop_registry[same]
 
 
 class Stages:
@@ -225,7 +229,7 @@ def worker_ovsam(args):
     model = build_ovsam(args)
     fast = args.impl == 'fast'
     optimize_for_inference(model, fast_attention=fast, fast_decoder=fast, channels_last=fast,
-                           fast_attention_pool=fast)
+                           fast_attention_pool=fast, gemm_deconv=fast)
     x, sample = make_inputs(args.image_size, args.num_prompts)
     meta = sample.metainfo
     res = dict(model='ovsam', impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
@@ -280,10 +284,10 @@ def worker_ovsam(args):
         # (the fast paths fold projections away and execute fewer).
         if fast:
             optimize_for_inference(model, fast_attention=False, fast_decoder=False, channels_last=False,
-                                   fast_attention_pool=False)
+                                   fast_attention_pool=False, gemm_deconv=False)
             _, f_model = count_flops(lambda: decode_and_recognise(model, *feats, many.gt_instances))
             optimize_for_inference(model, fast_attention=fast, fast_decoder=fast, channels_last=fast,
-                                   fast_attention_pool=fast)
+                                   fast_attention_pool=fast, gemm_deconv=fast)
         else:
             f_model = f
         ts = []

@@ -173,6 +173,10 @@ class OVSAMPredictor:
         cache_dir: optional folder where embedded vocabularies are stored as
             files and looked up again; nothing is written unless it is given.
             Embeddings are always cached in memory by content hash.
+        fast: switch on the equivalent inference fast paths of
+            :func:`ovsam.models.fast_inference.optimize_for_inference` (same
+            weights, same outputs up to float rounding; ``False`` keeps the
+            modules as released).
     """
 
     def __init__(self,
@@ -184,9 +188,13 @@ class OVSAMPredictor:
                  text_encoder: Optional[Tuple[Any, Any]] = None,
                  allow_random_text: bool = False,
                  random_text_seed: int = 0,
-                 cache_dir: Optional[str] = None) -> None:
+                 cache_dir: Optional[str] = None,
+                 fast: bool = True) -> None:
         if device is not None:
             model = model.to(device)
+        if fast:
+            from ..models.fast_inference import optimize_for_inference
+            optimize_for_inference(model)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.clip_model = clip_model or getattr(model.backbone, 'model_name', 'RN50x16')

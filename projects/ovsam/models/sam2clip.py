@@ -38,8 +38,14 @@ class LevelProjection(nn.Module):
             k = stride // target_stride
             self.projection = nn.ConvTranspose2d(in_channels, embed_dim, k, k)
 
+    #: see :func:`ovsam.models.fast_inference.enable_gemm_deconv`
+    gemm_deconv = False
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, h, w) -> (B, H/16, W/16, D) channels-last, as SAM's blocks expect."""
+        if self.gemm_deconv and isinstance(self.projection, nn.ConvTranspose2d):
+            from .fast_inference import deconv_as_gemm
+            return deconv_as_gemm(self.projection, x)
         return self.projection(x).permute(0, 2, 3, 1)
 
 
