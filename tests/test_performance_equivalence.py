@@ -384,3 +384,25 @@ def test_gemm_deconv_adapter_matches(tiny_cfg):
     feats = [torch.randn(1, c, 256 // s, 256 // s) for c, s in zip(cfg.in_channels, cfg.get('strides', (4, 8, 16, 32)))]
     with torch.no_grad():
         torch.testing.assert_close(fast(feats), plain(feats), **TOL)
+
+
+def test_adapter_inference_sum_matches_training_sum(tiny_cfg):
+    """Without autograd the adapter sums its levels in place (and its blocks
+    reuse their buffers); with autograd it runs the plain expressions. Same result."""
+    from mmdet.registry import MODELS
+    cfg = copy.deepcopy(tiny_cfg.model.neck)
+    cfg.frozen = False
+    torch.manual_seed(0)
+    adapter = MODELS.build(cfg).eval()
+    with torch.no_grad():
+        adapter.pos_embed.normal_()
+        adapter.level_encoding.weight.normal_()
+    strides = cfg.get('strides', (4, 8, 16, 32))
+    feats = [torch.randn(1, c, 256 // s, 256 // s) for c, s in zip(cfg.in_channels, strides)]
+    before = [f.clone() for f in feats]
+    ref = adapter(feats)  # autograd on (trainable adapter)
+    assert ref.requires_grad
+    with torch.no_grad():
+        out = adapter(feats)
+    torch.testing.assert_close(out, ref.detach(), **TOL)
+    assert all(torch.equal(a, b) for a, b in zip(feats, before))
