@@ -344,16 +344,19 @@ def upscale_and_predict_masks(upscaling: nn.Sequential, tokens: Tensor, hyper: T
     # ConvTranspose2d weight (in, out, kh, kw) -> (in, kh*kw*out)
     w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
     b1 = ct1.bias.repeat(4) if ct1.bias is not None else None
+    inplace = _inplace_ok() and _is_exact_gelu(act1) and _is_exact_gelu(act2)
     x = torch.matmul(tokens, w1.to(tokens.dtype))
     if b1 is not None:
-        x = x + b1.to(x.dtype)
+        x = x.add_(b1.to(x.dtype)) if inplace else x + b1.to(x.dtype)
     x = x.view(n, h * w * 4, c1)                       # (.., ki, kj, c1)
-    x = act1(F.layer_norm(x, (c1, ), ln.weight.to(x.dtype), ln.bias.to(x.dtype), ln.eps))
+    x = F.layer_norm(x, (c1, ), ln.weight.to(x.dtype), ln.bias.to(x.dtype), ln.eps)
+    x = torch.ops.aten.gelu_(x) if inplace else act1(x)
     w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
     x = torch.matmul(x, w2.to(x.dtype))
     if ct2.bias is not None:
-        x = x + ct2.bias.repeat(4).to(x.dtype)
-    x = act2(x).view(n, h * w * 16, c2)                # (.., ki, kj, ki2, kj2, c2)
+        b2 = ct2.bias.repeat(4).to(x.dtype)
+        x = x.add_(b2) if inplace else x + b2
+    x = (torch.ops.aten.gelu_(x) if inplace else act2(x)).view(n, h * w * 16, c2)  # (.., ki, kj, ki2, kj2, c2)
     m = torch.bmm(x, hyper.to(x.dtype)[:, :, None])    # (N, h*w*16, 1)
     m = m.view(n, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)  # (N, i, ki, ki2, j, kj, kj2)
     return m.reshape(n, 1, 4 * h, 4 * w)
