@@ -16,7 +16,12 @@ float rounding) outputs of the plain modules.
     projection runs on the 4096 real tokens only and the padding is filled with
     the bias; the output projection runs after un-partitioning, on real tokens
     only (it is per-token, so this commutes). Padded keys still take part in
-    the edge windows' softmax, as in the plain block.
+    the edge windows' softmax, as in the plain block;
+  - without autograd, the residual adds, the MLP's GELU and its second GEMM
+    (``addmm_``) update tensors the block itself allocated: every fresh
+    activation-sized tensor costs page faults on first touch, a large part of
+    the adapter's non-GEMM time at 64x64x1280. One bias buffer serves all
+    query chunks of global attention for the same reason.
 
   Swap in/out with :func:`enable_fast_attention`; the module's class changes,
   nothing else (pickling and ``deepcopy`` keep working).
@@ -35,9 +40,19 @@ float rounding) outputs of the plain modules.
   kernel=stride transposed convolution) as one GEMM + pixel shuffle.
 
 * :func:`enable_fast_decoder` — CLIP2SAM's decoder without copying the image
-  embedding once per prompt (``CLIP2SAMHead.shared_image_embed``) and with the
-  mask upscaling head in token layout (``CLIP2SAMHead.fast_upscaling``,
-  :func:`upscale_and_predict_masks`).
+  embedding once per prompt (``CLIP2SAMHead.shared_image_embed``), with the
+  prompts decoded in tiles of :data:`DEFAULT_PROMPT_CHUNK` so each tile's
+  64x64x256 token maps stay in cache (``CLIP2SAMHead.prompt_chunk``), with the
+  two-way transformer's attention to and from the image tokens folded into the
+  few prompt tokens (``CLIP2SAMHead.fast_transformer``,
+  :func:`folded_two_way_transformer`), and with the mask upscaling head in
+  token layout (``CLIP2SAMHead.fast_upscaling``, :func:`upscale_and_predict_masks`).
+
+Every switch applies to inference only where it matters: under autograd or
+autocast the in-place updates are skipped (the folded and fused forms stay
+differentiable and are tested against the plain gradients).
+:func:`optimize_for_inference` turns them all on; ``OVSAMPredictor`` does so
+by default.
 
 Equivalence against the plain modules: ``tests/test_performance_equivalence.py``.
 """
