@@ -68,3 +68,25 @@ def test_flop_counter_counts_fast_block_like_plain():
         _, f_fast = bench.count_flops(lambda: fast(x))
     assert f_plain > 2 * 64 * 64 * 64 * 12  # at least the qkv/proj/MLP GEMMs
     assert f_fast == f_plain
+
+
+def test_targets_use_the_best_probe_of_the_run():
+    """The encoder fraction and the decode floor are judged against the fastest
+    matmul probe of any process in the run, not the OV-SAM worker's own."""
+    bench = _load_benchmark()
+    row = dict(impl='fast', per_prompt_ms=1., image_level_s=1., total_gflops=1., achieved_gflops_per_s=1.,
+               peak_rss_mib=1024.)
+    report = dict(matmul_gflops=120., matmul_gflops_end=110., models=dict(
+        ovsam=dict(row, per_image_s=10., matmul_gflops=100.,
+                   image_encoder=dict(gflops=1000., time_s=10., gflops_per_s=100.),
+                   decode=dict(num_prompts=10, time_s=2., per_prompt_ms=200., model_gflops=400.,
+                               executed_gflops=100., executed_gflops_per_s=50., matmul_gflops=100.,
+                               matmul_gflops_worker=100.)),
+        sam_crop_clip=dict(row, per_image_s=40., matmul_gflops=200.)))
+    text = bench.summarise(report)
+    t = report['targets']
+    assert t['image_encoder_matmul_fraction']['value'] == 0.5 and t['image_encoder_matmul_fraction']['met'] is False
+    assert t['decode_vs_floor']['value'] == 1.0  # 2 s against 400 GFLOP at 200 GFLOP/s
+    assert report['models']['ovsam']['decode']['vs_executed_floor'] == 4.0
+    assert t['ovsam_vs_crop_time']['value'] == 0.25 and t['ovsam_vs_crop_time']['met']
+    assert 'image_encoder_matmul_fraction: 0.5 (target >= 0.75: NOT met)' in text

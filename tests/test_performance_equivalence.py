@@ -406,3 +406,15 @@ def test_adapter_inference_sum_matches_training_sum(tiny_cfg):
         out = adapter(feats)
     torch.testing.assert_close(out, ref.detach(), **TOL)
     assert all(torch.equal(a, b) for a, b in zip(feats, before))
+
+
+def test_attention_pool_first_token_gradients_match():
+    from open_clip.modified_resnet import AttentionPool2d
+
+    from ovsam.models.fast_inference import attention_pool_first_token
+    torch.manual_seed(0)
+    pool = AttentionPool2d(3, 64, 8, 32)
+    x = torch.randn(4, 64, 3, 3, requires_grad=True)
+    g_ref = torch.autograd.grad(pool(x).square().sum(), x)[0]
+    g = torch.autograd.grad(attention_pool_first_token(pool, x).square().sum(), x)[0]
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)

@@ -303,7 +303,8 @@ def worker_ovsam(args):
                          vs_floor=median(ts) / floor, executed_gflops=f / 1e9,
                          executed_gflops_per_s=f / 1e9 / median(ts),
                          executed_floor_ms_per_prompt=f / (rate * 1e9) / n * 1e3,
-                         vs_executed_floor=median(ts) / (f / (rate * 1e9)), matmul_gflops=rate)
+                         vs_executed_floor=median(ts) / (f / (rate * 1e9)), matmul_gflops=rate,
+                         matmul_gflops_worker=rate)
 
     if args.bf16:
         with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
@@ -453,6 +454,15 @@ def fmt_table(report) -> str:
     return '\n'.join(out)
 
 
+def best_probe(report):
+    """Best fp32 matmul rate (GFLOP/s) measured anywhere in the run."""
+    probes = [report.get('matmul_gflops'), report.get('matmul_gflops_end')]
+    for r in report.get('models', {}).values():
+        probes += [r.get('matmul_gflops'), r.get('decode', {}).get('matmul_gflops_worker')]
+    probes = [p for p in probes if p]
+    return max(probes) if probes else None
+
+
 def targets(report):
     m = report['models']
     t = {}
@@ -464,21 +474,59 @@ def targets(report):
     ov, crop = m.get('ovsam', {}), m.get('sam_crop_clip', {})
     add('ovsam_vs_crop_time', ov['per_image_s'] / crop['per_image_s']
         if 'per_image_s' in ov and 'per_image_s' in crop else None, '<=', TARGETS['ovsam_vs_crop_time'])
-    # Against the best matmul rate seen anywhere in the run (parent before/after,
-    # the worker itself, its decode measurement): a slow probe must not flatter the encoder.
-    probes = [report.get('matmul_gflops'), report.get('matmul_gflops_end'), ov.get('matmul_gflops'),
-              ov.get('decode', {}).get('matmul_gflops')]
-    probes = [p for p in probes if p]
+    # The machine's matmul rate is the best probe anywhere in the run (parent
+    # before/after, every worker, the decode measurement): a slow probe must not
+    # flatter the encoder or the decode floor.
+    best = best_probe(report)
     enc = ov.get('image_encoder', {})
-    frac = enc['gflops_per_s'] / max(probes) if enc and probes else None
-    if enc and probes:
+    frac = enc['gflops_per_s'] / best if enc and best else None
+    if enc and best:
         enc['matmul_fraction_best_probe'] = frac
-        enc['best_matmul_gflops'] = max(probes)
+        enc['best_matmul_gflops'] = best
     add('image_encoder_matmul_fraction', frac, '>=', TARGETS['image_encoder_matmul_fraction'])
-    add('decode_vs_floor', ov.get('decode', {}).get('vs_floor'), '<=', TARGETS['decode_vs_floor'])
+    d = ov.get('decode')
+    if d and best:
+        floor = d['model_gflops'] / best
+        exe = d['executed_gflops'] / best
+        d.update(matmul_gflops=best, floor_s=floor, per_prompt_floor_ms=floor / d['num_prompts'] * 1e3,
+                 vs_floor=d['time_s'] / floor, executed_floor_ms_per_prompt=exe / d['num_prompts'] * 1e3,
+                 vs_executed_floor=d['time_s'] / exe)
+    add('decode_vs_floor', d.get('vs_floor') if d else None, '<=', TARGETS['decode_vs_floor'])
     add('peak_rss_gib', ov['peak_rss_mib'] / 1024 if 'peak_rss_mib' in ov else None, '<=', TARGETS['peak_rss_gib'])
     add('vocab_load_s', report.get('vocab', {}).get('load_s'), '<=', TARGETS['vocab_load_s'])
     return t
+
+
+def summarise(report) -> str:
+    """(Re)compute the targets of a report and format the table and notes."""
+    report['targets'] = targets(report)
+    m = report['models']
+    out = [fmt_table(report)]
+    ov = m.get('ovsam', {})
+    enc = ov.get('image_encoder')
+    if enc and 'best_matmul_gflops' in enc:
+        out.append(f"image encoder: {enc['gflops']:.0f} GFLOP in {enc['time_s']:.2f} s = "
+                   f"{enc['gflops_per_s']:.1f} GFLOP/s; best matmul probe of the run "
+                   f"{enc['best_matmul_gflops']:.1f} GFLOP/s")
+    if 'decode' in ov:
+        d = ov['decode']
+        out.append(f"decode+recognition, {d['num_prompts']} prompts in one call: {d['per_prompt_ms']:.2f} ms/prompt; "
+                   f"model {d['model_gflops'] / d['num_prompts']:.2f} GFLOP/prompt, FLOP floor "
+                   f"{d['per_prompt_floor_ms']:.2f} ms/prompt ({d['vs_floor']:.2f}x); executed "
+                   f"{d['executed_gflops'] / d['num_prompts']:.2f} GFLOP/prompt at "
+                   f"{d['executed_gflops_per_s']:.0f} GFLOP/s ({d['vs_executed_floor']:.2f}x its floor)")
+    if 'bf16' in ov:
+        b = ov['bf16']
+        out.append(f"bf16 autocast: {b['speedup']:.2f}x faster; mask IoU vs fp32 {b['mask_iou_vs_fp32_mean']:.3f} "
+                   f"(mean) / {b['mask_iou_vs_fp32_min']:.3f} (min); label agreement {b['label_agreement']:.3f}")
+    v = report.get('vocab')
+    if v:
+        out.append(f"vocabulary {v['classes']}x{v['synonyms']}x{v['dim']} ({v['file_mib']:.0f} MiB): "
+                   f"load + set_vocabulary {v['load_s'] * 1e3:.0f} ms")
+    probes = ', '.join(f"{k} {r['matmul_gflops']:.1f}" for k, r in m.items() if r.get('matmul_gflops'))
+    out.append(f"matmul probes (GFLOP/s): start {report['matmul_gflops']:.1f}, end "
+               f"{report.get('matmul_gflops_end', float('nan')):.1f}; workers: {probes}")
+    return '\n'.join(out)
 
 
 def parse_args(argv=None):
@@ -505,6 +553,8 @@ def parse_args(argv=None):
     p.add_argument('--vocab-synonyms', type=int, default=1)
     p.add_argument('--out', default=None, help='JSON report path')
     p.add_argument('--quick', action='store_true', help='tiny models and sizes (smoke test)')
+    p.add_argument('--summarise', metavar='REPORT', default=None,
+                   help='print the table and targets of a saved JSON report (runs nothing)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -520,6 +570,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.summarise:
+        with open(args.summarise) as f:
+            print(summarise(json.load(f)))
+        return
     if args.worker:
         res = run_worker(args)
         with open(args.worker_out, 'w') as f:
@@ -576,19 +630,7 @@ def main(argv=None):
                     per_prompt=m['ovsam']['per_prompt_ms'] / m[b]['per_prompt_ms'],
                     flops=m['ovsam']['total_gflops'] / m[b]['total_gflops'],
                     peak_rss=m['ovsam']['peak_rss_mib'] / m[b]['peak_rss_mib'])
-    report['targets'] = targets(report)
-    print(fmt_table(report))
-    if 'ovsam' in m and 'decode' in m['ovsam']:
-        d = m['ovsam']['decode']
-        print(f"decode+recognition, {d['num_prompts']} prompts in one call: {d['per_prompt_ms']:.2f} ms/prompt; "
-              f"model {d['model_gflops'] / d['num_prompts']:.2f} GFLOP/prompt, FLOP floor "
-              f"{d['per_prompt_floor_ms']:.2f} ms/prompt ({d['vs_floor']:.2f}x); executed "
-              f"{d['executed_gflops'] / d['num_prompts']:.2f} GFLOP/prompt at {d['executed_gflops_per_s']:.0f} "
-              f"GFLOP/s ({d['vs_executed_floor']:.2f}x its floor)")
-    v = report['vocab']
-    print(f"vocabulary {v['classes']}x{v['synonyms']}x{v['dim']} ({v['file_mib']:.0f} MiB): "
-          f"load + set_vocabulary {v['load_s'] * 1e3:.0f} ms")
-    print(f"matmul probe: {report['matmul_gflops']:.1f} / {report['matmul_gflops_end']:.1f} GFLOP/s (start/end)")
+    print(summarise(report))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
