@@ -418,3 +418,39 @@ def test_attention_pool_first_token_gradients_match():
     g_ref = torch.autograd.grad(pool(x).square().sum(), x)[0]
     g = torch.autograd.grad(attention_pool_first_token(pool, x).square().sum(), x)[0]
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_region_embeddings_do_not_depend_on_memory_layout(tiny_model):
+    """mmcv's RoIAlign reads NCHW memory whatever the strides; channels-last
+    features (the fast trunk's) must give the same region embeddings."""
+    model = tiny_model
+    g = torch.Generator().manual_seed(0)
+    fpn = [torch.randn(1, 64, s, s, generator=g) for s in (64, 32, 16, 8)]
+    c5 = torch.randn(1, model.backbone.out_channels[-1], 8, 8, generator=g)
+    rois = torch.tensor([[0., 10., 20., 200., 220.], [0., 30., 30., 90., 80.], [0., 0., 0., 255., 255.]])
+    label = torch.randn(3, model.mask_decoder.mask_decoder.transformer_dim, generator=g)
+    cl = [f.contiguous(memory_format=torch.channels_last) for f in fpn]
+    with torch.no_grad():
+        torch.testing.assert_close(model.mask_decoder.region_embed(cl, rois, label),
+                                   model.mask_decoder.region_embed(fpn, rois, label), **TOL)
+        torch.testing.assert_close(
+            model.backbone.region_embed(c5.contiguous(memory_format=torch.channels_last), rois),
+            model.backbone.region_embed(c5, rois), **TOL)
+
+
+def test_optimize_for_inference_head_logits_match(tiny_cfg):
+    """Pre-softmax: the tiny random model's class probabilities saturate, so
+    compare the head's and the frozen CLIP's logits of the fast and plain models."""
+    from ovsam.models.fast_inference import optimize_for_inference
+    plain = build_tiny(tiny_cfg)
+    fast = optimize_for_inference(copy.deepcopy(plain))
+    x = torch.randn(1, 3, 256, 256)
+    boxes, sparse, dense = _head_inputs(plain, 5)
+    outs = []
+    with torch.no_grad():
+        for m in (plain, fast):
+            clip_feats, embed, fpn = m.extract_feat(x)
+            masks, logits, used = m.mask_decoder(embed, m.pe.get_dense_pe(), sparse, dense, fpn)
+            outs.append((masks, logits, m.classify_with_clip(clip_feats[-1], boxes)))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, **TOL)

@@ -201,7 +201,7 @@ def build_baseline(args, kind):
 def _ovsam_image(model, x, st):
     clip_feats = st('clip_backbone', model.backbone, x)
     embed = st('sam2clip_adapter', model.neck, clip_feats)
-    fpn = st('fpn', lambda f: tuple(model.fpn_neck(f)), clip_feats)
+    fpn = st('fpn', model.fpn_features, clip_feats)
     return clip_feats, embed, fpn
 
 
@@ -255,7 +255,7 @@ def worker_ovsam(args):
             embed = model.neck(clip_feats)
         flops['sam2clip_adapter'] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            fpn = tuple(model.fpn_neck(clip_feats))
+            fpn = model.fpn_features(clip_feats)
         flops['fpn'] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             ref = model.predict_single(clip_feats, embed, fpn, sample.gt_instances, meta)

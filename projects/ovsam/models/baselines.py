@@ -305,7 +305,7 @@ class SAMCropCLIP(_SAMCLIPBaseline):
             boxes = torch.cat([centre - half, centre + half], dim=1)
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
         size = self.clip.image_size
-        return roi_align(image, rois, (size, size), 1.0, 0, 'avg', True)
+        return roi_align(image.contiguous(), rois, (size, size), 1.0, 0, 'avg', True)  # mmcv ignores strides
 
     def region_embed(self, clip_inputs, context, index, masks, boxes):
         image = clip_inputs[index:index + 1]

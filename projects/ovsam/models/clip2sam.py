@@ -257,7 +257,9 @@ class CLIP2SAMHead(BaseModule):
     def region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
         """Region embeddings (N, embed_dim) from FPN features inside ``rois`` (N, 5)."""
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
-        feats = self.roi_conv(self.roi(tuple(f.float() for f in fpn_feats), rois.float()))
+        # and reads its input as contiguous NCHW whatever its strides: channels-last
+        # features (the fast CPU path) must be made contiguous first.
+        feats = self.roi_conv(self.roi(tuple(f.float().contiguous() for f in fpn_feats), rois.float()))
         embed = feats.mean(dim=(2, 3))
         if self.region_proj is not None:
             embed = self.region_proj(embed)

@@ -170,7 +170,8 @@ class OpenCLIPBackbone(BaseModule):
             raise RuntimeError('region_embed needs an attention-pool head; use mask_embed for ConvNeXt')
         from mmcv.ops import roi_align
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
-        feats = roi_align(self.clip_feature(c5).float(), rois.float(), (self.roi_size, self.roi_size),
+        # and ignores strides: a channels-last C5 (the fast CPU trunk) is made contiguous.
+        feats = roi_align(self.clip_feature(c5).float().contiguous(), rois.float(), (self.roi_size, self.roi_size),
                           1 / 32., 0, 'avg', True)
         return self.pool(feats)
 

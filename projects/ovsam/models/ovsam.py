@@ -105,7 +105,13 @@ class OVSAM(BaseDetector):
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tuple[Tensor, ...], Tensor, Tuple[Tensor, ...]]:
         """Images (B, 3, S, S) -> CLIP levels, SAM image embedding (B, 256, S/16, S/16), FPN levels."""
         clip_feats = self.backbone(batch_inputs)
-        return clip_feats, self.neck(clip_feats), tuple(self.fpn_neck(clip_feats))
+        return clip_feats, self.neck(clip_feats), self.fpn_features(clip_feats)
+
+    def fpn_features(self, clip_feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """FPN levels in contiguous NCHW: convolutions may run channels-last
+        (the fast CPU path), but mmcv's RoIAlign reads NCHW memory regardless of
+        strides, so convert once here instead of at every RoI call."""
+        return tuple(f.contiguous() for f in self.fpn_neck(clip_feats))
 
     def _split_masks(self, num_classes: int, device) -> Tuple[Tensor, Optional[Tensor]]:
         seen = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
