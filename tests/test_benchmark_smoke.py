@@ -80,8 +80,7 @@ def test_targets_use_the_best_probe_of_the_run():
         ovsam=dict(row, per_image_s=10., matmul_gflops=100.,
                    image_encoder=dict(gflops=1000., time_s=10., gflops_per_s=100.),
                    decode=dict(num_prompts=10, time_s=2., per_prompt_ms=200., model_gflops=400.,
-                               executed_gflops=100., executed_gflops_per_s=50., matmul_gflops=100.,
-                               matmul_gflops_worker=100.)),
+                               executed_gflops=100., executed_gflops_per_s=50., matmul_gflops=100.)),
         sam_crop_clip=dict(row, per_image_s=40., matmul_gflops=200.)))
     text = bench.summarise(report)
     t = report['targets']
