@@ -454,3 +454,165 @@ def test_optimize_for_inference_head_logits_match(tiny_cfg):
             outs.append((masks, logits, m.classify_with_clip(clip_feats[-1], boxes)))
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, **TOL)
+
+
+def _randomise_batchnorms(model, seed=0):
+    """Random BN statistics and affine parameters (fresh BNs are identities)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.normal_(1, 0.3, generator=g)
+                m.bias.normal_(0, 0.3, generator=g)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_folded_batchnorm_trunk_matches(tiny_model, channels_last):
+    """The CLIP trunk with its batch norms folded into the convolutions: same
+    features (in eval mode), same state dict, plain BN in train mode, undoable."""
+    from ovsam.models.fast_inference import (FoldedBatchNorm2d, FoldedBNConv2d, enable_channels_last,
+                                             enable_folded_batchnorm)
+    model = copy.deepcopy(tiny_model)
+    _randomise_batchnorms(model.backbone)
+    plain = copy.deepcopy(model)
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    assert enable_folded_batchnorm(model) == n_bn  # every trunk BN follows a conv
+    enable_channels_last(model, channels_last)
+    assert sum(type(m) is FoldedBatchNorm2d for m in model.modules()) == n_bn
+    x = torch.randn(2, 3, 128, 160)
+    with torch.no_grad():
+        ref = plain.backbone(x)
+        out = model.backbone(x)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, **TOL)
+    assert model.state_dict().keys() == keys.keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, keys[k]), k
+    # autograd through the folded weights (fresh, not scratch) gives the same input gradient
+    xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model.backbone._trunk(xg)[-1].square().sum().backward()
+    plain.backbone._trunk(xr)[-1].square().sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-4, rtol=1e-4)
+    # train mode: batch statistics, as plain modules
+    conv = next(m for m in model.modules() if type(m) is FoldedBNConv2d)
+    bn = conv._folded_bn[0]
+    bn_plain = copy.deepcopy(bn)
+    bn_plain.__class__ = nn.BatchNorm2d
+    conv.train(), bn.train(), bn_plain.train()
+    y = torch.randn(4, conv.in_channels, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(bn(conv(y)), bn_plain(nn.Conv2d.forward(conv, y)), **TOL)
+    assert enable_folded_batchnorm(model, enabled=False) == n_bn
+    assert not any(isinstance(m, (FoldedBNConv2d, FoldedBatchNorm2d)) for m in model.modules())
+    assert not any(hasattr(m, '_folded_bn') for m in model.modules())
+
+
+def test_folded_batchnorm_open_clip_resnet_pairs():
+    """Against open_clip's own ModifiedResNet: every Bottleneck's conv{i}/bn{i}
+    and downsample pair is found, and the folded stage computes the same."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from ovsam.models.fast_inference import _conv_bn_pairs, FoldedBNConv2d, FoldedBatchNorm2d
+    net = ModifiedResNet(layers=(1, 2, 1, 1), output_dim=32, heads=2, image_size=64, width=16).eval()
+    _randomise_batchnorms(net)
+    pairs = list(_conv_bn_pairs(net))
+    assert len(pairs) == sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    folded = copy.deepcopy(net)
+    for conv, bn in _conv_bn_pairs(folded):
+        conv.__class__, bn.__class__ = FoldedBNConv2d, FoldedBatchNorm2d
+        conv._folded_bn = (bn, )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.layer2(folded.layer1(folded.stem(x))),
+                                   net.layer2(net.layer1(net.stem(x))), **TOL)
+
+
+@pytest.mark.parametrize('b,h,w,ws', [(1, 8, 8, 4), (2, 10, 7, 4), (1, 3, 5, 4), (1, 13, 14, 14)])
+def test_window_copies_match_segment_anything(b, h, w, ws):
+    """One-pass window partition (padding with a given vector) and un-partition
+    agree with segment_anything's window_partition / window_unpartition."""
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+    from ovsam.models.fast_inference import map_from_windows, windows_from_map
+    c = 6
+    x = torch.randn(b, h, w, c)
+    fill = torch.randn(c)
+    ref, pad_hw = window_partition(x - fill, ws)  # padding zeros of x - fill == fill in x
+    ref = ref + fill
+    nw = ref.shape[0]
+    out = windows_from_map(x, ws, fill, torch.full((nw, ws * ws, c), float('nan')))
+    torch.testing.assert_close(out, ref.reshape(nw, ws * ws, c))
+    back = map_from_windows(out, b, h, w, ws)
+    torch.testing.assert_close(back, window_unpartition(ref - fill, ws, pad_hw, (h, w)) + fill)
+    assert torch.equal(back, x)
+
+
+@pytest.mark.parametrize('window,size,chunk', [(4, 10, None), (0, 10, 16), (0, 9, None)])
+def test_fast_blocks_reusing_scratch_match_plain(window, size, chunk):
+    """Blocks in one reuse_scratch scope share their temporaries: run two
+    different blocks twice in a row (and a bigger input in between, so the
+    buffers grow) and compare with the plain blocks; nothing is kept after."""
+    from ovsam.models.fast_inference import enable_fast_attention
+    from ovsam.models.scratch import reuse_scratch, scratch_bytes
+    blocks = [_block(window=window, size=size, seed=s) for s in (0, 1)]
+    fast = copy.deepcopy(blocks)
+    for f in fast:
+        enable_fast_attention(f, query_chunk=chunk)
+    x, big = torch.randn(1, size, size, 32), torch.randn(3, size, size, 32)
+    with torch.inference_mode():
+        ref = blocks[1](blocks[0](x))
+        ref_big = blocks[1](blocks[0](big))
+        with reuse_scratch():
+            out1 = fast[1](fast[0](x))
+            assert scratch_bytes() > 0
+            out_big = fast[1](fast[0](big))
+            out2 = fast[1](fast[0](x))
+        assert scratch_bytes() == 0
+    for out in (out1, out2):
+        torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out_big, ref_big, **TOL)
+
+
+def test_scratch_scope_nesting_and_threads():
+    """Buffers are per name and per thread, survive nested scopes, and are
+    plain allocations outside any scope."""
+    import threading
+    from ovsam.models.scratch import reuse_scratch, scratch, scratch_bytes
+    like = torch.empty(0)
+    a = scratch('a', (4, 4), like)
+    assert scratch_bytes() == 0 and a.shape == (4, 4)
+    with reuse_scratch():
+        a1 = scratch('a', (4, 4), like)
+        with reuse_scratch():
+            a2 = scratch('a', (2, 8), like)
+            assert a2.data_ptr() == a1.data_ptr()
+            assert scratch('b', (4, 4), like).data_ptr() != a1.data_ptr()
+        assert scratch('a', (16, ), like).data_ptr() == a1.data_ptr()  # outer scope still holds it
+        assert scratch('a', (64, ), like).numel() == 64  # grows
+        other = {}
+
+        def worker():
+            with reuse_scratch():
+                other['ptr'] = scratch('a', (64, ), like).data_ptr()
+                other['bytes'] = scratch_bytes()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert other['ptr'] != scratch('a', (64, ), like).data_ptr()
+        assert other['bytes'] == 64 * 4
+    assert scratch_bytes() == 0
+
+
+def test_fast_global_block_chunked_gradients_match():
+    """Under autograd the chunked global attention builds fresh (differentiable) biases."""
+    from ovsam.models.fast_inference import enable_fast_attention
+    blk = _block(window=0, size=6).train()
+    fast = copy.deepcopy(blk)
+    enable_fast_attention(fast, query_chunk=8)
+    x = torch.randn(1, 6, 6, 32)
+    blk(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    for (n, p), q in zip(blk.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=n)

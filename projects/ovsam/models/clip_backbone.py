@@ -18,6 +18,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from ..registry import MODELS
+from .scratch import reuse_scratch
 
 
 def resolve_clip_config(model_name: str, model_cfg: Optional[Dict] = None) -> Dict:
@@ -132,11 +133,12 @@ class OpenCLIPBackbone(BaseModule):
     def _trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.avgpool(self.stem(x))
-        outs = []
-        for i in range(4):
-            x = getattr(self, f'layer{i + 1}')(x)
-            outs.append(x)
+        with reuse_scratch():  # e.g. the folded conv weights of the fast path
+            x = self.avgpool(self.stem(x))
+            outs = []
+            for i in range(4):
+                x = getattr(self, f'layer{i + 1}')(x)
+                outs.append(x)
         return tuple(outs)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:

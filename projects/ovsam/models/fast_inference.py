@@ -13,15 +13,19 @@ float rounding) outputs of the plain modules.
     probabilities, ~1 GiB each at 64x64 with 16 heads);
   - windowed blocks pad 64x64 to 70x70 for 14x14 windows. The padded tokens are
     zeros after ``norm1``, so their q/k/v are exactly the qkv bias: the qkv
-    projection runs on the 4096 real tokens only and the padding is filled with
-    the bias; the output projection runs after un-partitioning, on real tokens
-    only (it is per-token, so this commutes). Padded keys still take part in
-    the edge windows' softmax, as in the plain block;
+    projection runs on the 4096 real tokens only and one copy writes them into
+    window order with the bias as padding (:func:`windows_from_map`); one copy
+    brings the attention output back and crops it (:func:`map_from_windows`),
+    and the output projection runs on real tokens only (it is per-token, so
+    this commutes). Padded keys still take part in the edge windows' softmax,
+    as in the plain block;
   - without autograd, the residual adds, the MLP's GELU and its second GEMM
-    (``addmm_``) update tensors the block itself allocated: every fresh
-    activation-sized tensor costs page faults on first touch, a large part of
-    the adapter's non-GEMM time at 64x64x1280. One bias buffer serves all
-    query chunks of global attention for the same reason.
+    (``addmm_``) update tensors the block itself allocated, and the large
+    temporaries (qkv map, windows, attention bias, MLP hidden map) are
+    :func:`~ovsam.models.scratch.scratch` buffers, reused across blocks inside
+    :func:`~ovsam.models.scratch.reuse_scratch` (``SAM2CLIPAdapter`` opens
+    one): every fresh activation-sized tensor costs page faults on first
+    touch, a large part of the adapter's non-GEMM time at 64x64x1280.
 
   Swap in/out with :func:`enable_fast_attention`; the module's class changes,
   nothing else (pickling and ``deepcopy`` keep working).
@@ -35,6 +39,11 @@ float rounding) outputs of the plain modules.
   projections folded into that query, so no grid cell is ever projected
   (RN50x16 with a 12x12 RoI: ~0.2 instead of ~8 GFLOP per region). Switched
   on per backbone by :func:`enable_fast_attention_pool`.
+
+* :func:`enable_folded_batchnorm` — the CLIP trunk's eval-mode batch norms
+  applied through the weights of the convolutions before them
+  (:class:`FoldedBNConv2d`): one pass over each activation map fewer (the
+  127 batch norms of RN50x16 took ~0.65 s of its ~6 s at 1024x1024).
 
 * :func:`enable_gemm_deconv` — SAM2CLIP's upsampling level projection (a
   kernel=stride transposed convolution) as one GEMM + pixel shuffle.
@@ -63,6 +72,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scratch import scratch
+
 try:  # segment_anything is a hard dependency of the models, but keep import errors readable
     from segment_anything.modeling.image_encoder import Block, get_rel_pos
 except ImportError as e:  # pragma: no cover
@@ -90,26 +101,95 @@ def _rel_pos_terms(q: Tensor, attn, size: Tuple[int, int]) -> Tuple[Tensor, Tens
 
 def fused_attention(attn, q: Tensor, k: Tensor, v: Tensor, size: Tuple[int, int],
                     query_chunk: int = DEFAULT_QUERY_CHUNK) -> Tensor:
-    """SAM attention core with SDPA. q/k/v: (N, heads, L, d) -> (N, heads, L, d)."""
+    """SAM attention core with SDPA. q/k/v: (N, heads, L, d) -> (N, heads, L, d).
+
+    The bias of each query chunk is built in one buffer (a :func:`scratch`
+    buffer at inference) that every chunk, and inside :func:`reuse_scratch`
+    every block, reuses.
+    """
     if not attn.use_rel_pos:
         return F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     rel_h, rel_w = _rel_pos_terms(q, attn, size)
-    n, nh, L, _ = q.shape
+    n, nh, L, d = q.shape
     h, w = size
-    if query_chunk <= 0 or L <= query_chunk:
-        mask = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, nh, L, L)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-    out = q.new_empty(q.shape)
-    # One bias buffer for every chunk: a fresh ~256 MB tensor per chunk costs
-    # more in page faults than the add that fills it.
-    buf = q.new_empty(n, nh, query_chunk, h, w)
-    for s in range(0, L, query_chunk):
-        e = min(L, s + query_chunk)
-        mask = buf[:, :, :e - s]
-        torch.add(rel_h[:, :, s:e, :, None], rel_w[:, :, s:e, None, :], out=mask)
-        out[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=mask.view(n, nh, e - s, L),
-                                                        scale=attn.scale)
+    chunk = L if query_chunk <= 0 else min(L, query_chunk)
+    buf = scratch('attn_bias', (n, nh, chunk, h, w), q) if _inplace_ok() else None
+
+    def bias(s: int, e: int) -> Tensor:
+        rh, rw = rel_h[:, :, s:e, :, None], rel_w[:, :, s:e, None, :]
+        mask = rh + rw if buf is None else torch.add(rh, rw, out=buf[:, :, :e - s])  # autograd: fresh
+        return mask.view(n, nh, e - s, L)
+
+    if chunk == L:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias(0, L), scale=attn.scale)
+    out = q.new_empty(n, L, nh, d)  # token-major, so the caller's merge of the heads is a view
+    for s in range(0, L, chunk):
+        e = min(L, s + chunk)
+        out[:, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias(s, e),
+                                                     scale=attn.scale).transpose(1, 2)
+    return out.transpose(1, 2)
+
+
+def _window_pieces(n: int, ws: int):
+    """Cover tokens 0..n of one axis by (token slice, window slice, offset slice,
+    windows, tokens per window): the full windows, then the partial last one."""
+    full = n // ws
+    pieces = []
+    if full:
+        pieces.append((slice(0, full * ws), slice(0, full), slice(None), full, ws))
+    if n % ws:
+        pieces.append((slice(full * ws, n), slice(full, full + 1), slice(0, n % ws), 1, n % ws))
+    return pieces
+
+
+def _window_grid(win: Tensor, b: int, h: int, w: int, ws: int) -> Tensor:
+    """(B*nH*nW, ws*ws, C) windows viewed as the padded map split by window:
+    (B, nH, ws, nW, ws, C)."""
+    nwh, nww = -(-h // ws), -(-w // ws)
+    return win.view(b, nwh, nww, ws, ws, win.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+
+
+def windows_from_map(x: Tensor, ws: int, fill: Optional[Tensor], out: Tensor) -> Tensor:
+    """SAM's ``window_partition`` in one pass, padding with ``fill`` (a (C,)
+    vector; zeros if None) instead of zeros.
+
+    ``x``: (B, H, W, C); ``out``: (B*nH*nW, ws*ws, C), filled and returned.
+    """
+    b, h, w, c = x.shape
+    grid = _window_grid(out, b, h, w, ws)
+    pad = 0. if fill is None else fill.to(out.dtype)
+    if h % ws:
+        grid[:, -1, h % ws:] = pad
+    if w % ws:
+        grid[:, :, :, -1, w % ws:] = pad
+    for rt, rwin, roff, nr, sr in _window_pieces(h, ws):
+        for ct, cwin, coff, nc, sc in _window_pieces(w, ws):
+            grid[:, rwin, roff, cwin, coff] = x[:, rt, ct].reshape(b, nr, sr, nc, sc, c)
     return out
+
+
+def map_from_windows(win: Tensor, b: int, h: int, w: int, ws: int) -> Tensor:
+    """SAM's ``window_unpartition`` and crop in one pass: (B*nH*nW, ws*ws, C) -> (B, H, W, C)."""
+    c = win.shape[-1]
+    grid = _window_grid(win, b, h, w, ws)
+    out = win.new_empty(b, h, w, c)
+    for rt, rwin, roff, nr, sr in _window_pieces(h, ws):
+        for ct, cwin, coff, nc, sc in _window_pieces(w, ws):
+            out[:, rt, ct].view(b, nr, sr, nc, sc, c).copy_(grid[:, rwin, roff, cwin, coff])
+    return out
+
+
+def _linear(lin: nn.Linear, x: Tensor, name: str) -> Tensor:
+    """``lin(x)`` for x (..., C_in); at inference into the :func:`scratch` buffer ``name``."""
+    if not _inplace_ok():
+        return lin(x)
+    x2d = x.reshape(-1, x.shape[-1])
+    out = scratch(name, (x2d.shape[0], lin.out_features), x2d)
+    if lin.bias is None:
+        torch.mm(x2d, lin.weight.t(), out=out)
+    else:
+        torch.addmm(lin.bias, x2d, lin.weight.t(), out=out)
+    return out.view(*x.shape[:-1], lin.out_features)
 
 
 class FastBlock(Block):
@@ -123,28 +203,22 @@ class FastBlock(Block):
         a = self.attn
         b, h, w, c = x.shape
         nh = a.num_heads
-        qkv = a.qkv(x)  # (B, H, W, 3C), real tokens only
+        qkv = _linear(a.qkv, x, 'block_a')  # (B, H, W, 3C), real tokens only
         ws = self.window_size
         if ws > 0:
-            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-            if (hp, wp) != (h, w):
-                # Zero tokens after norm1 project to the qkv bias.
-                fill = a.qkv.bias if a.qkv.bias is not None else qkv.new_zeros(3 * c)
-                padded = fill.to(qkv.dtype).expand(b, hp, wp, 3 * c).clone()
-                padded[:, :h, :w] = qkv
-                qkv = padded
-            qkv = qkv.view(b, hp // ws, ws, wp // ws, ws, 3 * c).permute(0, 1, 3, 2, 4, 5)
-            qkv = qkv.reshape(-1, ws * ws, 3, nh, c // nh)
+            # Zero tokens after norm1 project to the qkv bias: pad with it.
+            n_win = b * -(-h // ws) * -(-w // ws)
+            win = scratch('block_b', (n_win, ws * ws, 3 * c), qkv) if _inplace_ok() else qkv.new_empty(
+                n_win, ws * ws, 3 * c)
+            qkv = windows_from_map(qkv, ws, a.qkv.bias, win).view(n_win, ws * ws, 3, nh, c // nh)
             size = (ws, ws)
         else:
             qkv = qkv.reshape(b, h * w, 3, nh, c // nh)
             size = (h, w)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, L, d)
-        o = fused_attention(a, q, k, v, size, self.query_chunk)
-        o = o.permute(0, 2, 1, 3)  # (N, L, heads, d)
+        o = fused_attention(a, q, k, v, size, self.query_chunk).transpose(1, 2)  # (N, L, heads, d)
         if ws > 0:
-            o = o.reshape(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
-            o = o[:, :h, :w]
+            o = map_from_windows(o.reshape(o.shape[0], -1, c), b, h, w, ws)
         else:
             o = o.reshape(b, h, w, c)
         mlp = self.mlp
@@ -153,9 +227,9 @@ class FastBlock(Block):
             return x + mlp(self.norm2(x))
         # Inference: the residual adds and GELU reuse their operands' memory
         # (each fresh activation-sized tensor costs page faults, not just a pass).
-        x = a.proj(o.contiguous())
+        x = a.proj(o)
         x += shortcut
-        hidden = mlp.lin1(self.norm2(x))
+        hidden = _linear(mlp.lin1, self.norm2(x), 'block_a')  # qkv is dead by now
         torch.ops.aten.gelu_(hidden)
         if mlp.lin2.bias is not None:
             x += mlp.lin2.bias
@@ -233,6 +307,87 @@ def enable_channels_last(module: nn.Module, enabled: bool = True) -> int:
             m.channels_last = enabled
             n += 1
     return n
+
+
+class FoldedBNConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that also applies the eval-mode ``BatchNorm2d`` which
+    follows it, through its weights: ``bn(conv(x)) = conv_{W*s, b*s + t}(x)``
+    with ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``.
+
+    Parameters and buffers stay where they were (the BN keeps its own and
+    becomes :class:`FoldedBatchNorm2d`, an identity in eval mode), so state
+    dicts and checkpoints are unchanged; the folded weight is computed per call
+    into a :func:`scratch` buffer (caching it would double the trunk's weight
+    memory: RN50x16's convolutions hold 136 M parameters). In train mode both
+    modules compute as plain ones.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self._folded_bn[0]
+        if bn.training:
+            return super().forward(x)
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        w = self.weight
+        scale = scale.to(w.dtype).view(-1, 1, 1, 1)
+        if _inplace_ok() and (w.is_contiguous() or w.is_contiguous(memory_format=torch.channels_last)):
+            folded = scratch('folded_conv_weight', (w.numel(), ), w).as_strided(w.shape, w.stride())
+            torch.mul(w, scale, out=folded)  # keeps the weight's memory format for oneDNN
+        else:
+            folded = w * scale
+        return self._conv_forward(x, folded, shift.to(w.dtype))
+
+
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """The ``BatchNorm2d`` a :class:`FoldedBNConv2d` applies: identity in eval mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) if self.training else x
+
+
+def _conv_bn_pairs(module: nn.Module):
+    """(conv, bn) pairs where the BN is applied right after the conv: consecutive
+    children of an ``nn.Sequential`` and ``conv{i}``/``bn{i}`` siblings (open_clip's
+    ``ModifiedResNet`` stem and ``Bottleneck``)."""
+    for m in module.modules():
+        children = dict(m.named_children())
+        if isinstance(m, nn.Sequential):
+            mods = list(children.values())
+            pairs = zip(mods[:-1], mods[1:])
+        else:
+            pairs = ((c, children.get('bn' + n[len('conv'):])) for n, c in children.items() if n.startswith('conv'))
+        for conv, bn in pairs:
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.num_features == conv.out_channels):
+                yield conv, bn
+
+
+def enable_folded_batchnorm(module: nn.Module, enabled: bool = True) -> int:
+    """Fold the eval-mode batch norms of every ResNet ``OpenCLIPBackbone``'s trunk
+    into the convolutions before them (:class:`FoldedBNConv2d`), or undo it.
+    Returns the number of (conv, BN) pairs switched."""
+    from .clip_backbone import OpenCLIPBackbone
+    seen = set()
+    for m in module.modules():
+        if not (isinstance(m, OpenCLIPBackbone) and m.tower_type == 'resnet'):
+            continue
+        for conv, bn in _conv_bn_pairs(m):
+            if id(conv) in seen:
+                continue
+            seen.add(id(conv))
+            if enabled:
+                conv.__class__, bn.__class__ = FoldedBNConv2d, FoldedBatchNorm2d
+                conv._folded_bn = (bn, )  # a tuple: not registered as a submodule
+            else:
+                conv.__class__, bn.__class__ = nn.Conv2d, nn.BatchNorm2d
+                conv.__dict__.pop('_folded_bn', None)
+    return len(seen)
 
 
 def attention_pool_first_token(pool: nn.Module, x: Tensor) -> Tensor:
@@ -325,13 +480,15 @@ def enable_gemm_deconv(module: nn.Module, enabled: bool = True) -> int:
 
 def optimize_for_inference(model: nn.Module, fast_attention: bool = True, fast_decoder: bool = True,
                            query_chunk: Optional[int] = None, channels_last: bool = True,
-                           fast_attention_pool: bool = True, gemm_deconv: bool = True) -> nn.Module:
+                           fast_attention_pool: bool = True, gemm_deconv: bool = True,
+                           folded_batchnorm: bool = True) -> nn.Module:
     """Turn on the equivalent fast paths in place; returns ``model``."""
     enable_fast_attention(model, fast_attention, query_chunk)
     enable_fast_decoder(model, fast_decoder)
     enable_channels_last(model, channels_last)
     enable_fast_attention_pool(model, fast_attention_pool)
     enable_gemm_deconv(model, gemm_deconv)
+    enable_folded_batchnorm(model, folded_batchnorm)
     return model
 
 

@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from ..registry import MODELS
+from .scratch import reuse_scratch
 
 
 class LevelProjection(nn.Module):
@@ -165,6 +166,7 @@ class SAM2CLIPAdapter(BaseModule):
                 y = embed(f)
                 x = y.contiguous() if x is None else x.add_(y)
             x.add_(self.pos_embed + self.level_encoding.weight.sum(0))
-        for block in self.blocks:
-            x = block(x)
+        with reuse_scratch():  # the fast blocks' temporaries, shared by all blocks
+            for block in self.blocks:
+                x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
