@@ -46,9 +46,9 @@ def test_benchmark_quick(tmp_path):
         assert key in report['targets'] and report['targets'][key]['value'] is not None
 
 
-def test_flop_counter_counts_fast_block_like_plain():
-    """The benchmark's FLOP counter sees the fast ViT block's in-place GEMMs and
-    CPU SDPA: a global-attention block counts the same FLOPs either way."""
+def _flops_plain_and_fast_block(bench, window, size):
+    """FLOPs counted on a plain ViT block (64 channels) and on its fast copy,
+    plus the fast block and its input."""
     import copy
     from functools import partial
 
@@ -57,15 +57,22 @@ def test_flop_counter_counts_fast_block_like_plain():
     from segment_anything.modeling.image_encoder import Block
 
     from ovsam.models.fast_inference import enable_fast_attention
-    bench = _load_benchmark()
     torch.manual_seed(0)
-    plain = Block(64, 4, 4.0, True, partial(nn.LayerNorm, eps=1e-6), nn.GELU, True, True, 0, (8, 8)).eval()
+    plain = Block(64, 4, 4.0, True, partial(nn.LayerNorm, eps=1e-6), nn.GELU, True, True, window,
+                  (size, size)).eval()
     fast = copy.deepcopy(plain)
     enable_fast_attention(fast)
-    x = torch.randn(1, 8, 8, 64)
+    x = torch.randn(1, size, size, 64)
     with torch.inference_mode():
         _, f_plain = bench.count_flops(lambda: plain(x))
         _, f_fast = bench.count_flops(lambda: fast(x))
+    return f_plain, f_fast, fast, x
+
+
+def test_flop_counter_counts_fast_block_like_plain():
+    """The benchmark's FLOP counter sees the fast ViT block's in-place GEMMs and
+    CPU SDPA: a global-attention block counts the same FLOPs either way."""
+    f_plain, f_fast, _, _ = _flops_plain_and_fast_block(_load_benchmark(), window=0, size=8)
     assert f_plain > 2 * 64 * 64 * 64 * 12  # at least the qkv/proj/MLP GEMMs
     assert f_fast == f_plain
 
@@ -99,25 +106,13 @@ def test_model_flops_count_the_padding_of_windowed_blocks():
     """plain_padded_blocks counts a windowed fast block like the plain block
     (whose padded tokens go through qkv/proj), more than the fast one executes,
     and puts the fast block back afterwards."""
-    import copy
-    from functools import partial
-
     import torch
-    import torch.nn as nn
-    from segment_anything.modeling.image_encoder import Block
 
-    from ovsam.models.fast_inference import FastBlock, enable_fast_attention
+    from ovsam.models.fast_inference import FastBlock
     bench = _load_benchmark()
-    torch.manual_seed(0)
-    plain = Block(64, 4, 4.0, True, partial(nn.LayerNorm, eps=1e-6), nn.GELU, True, True, 4, (10, 10)).eval()
-    fast = copy.deepcopy(plain)
-    enable_fast_attention(fast)
-    x = torch.randn(1, 10, 10, 64)
-    with torch.inference_mode():
-        _, f_plain = bench.count_flops(lambda: plain(x))
-        _, f_fast = bench.count_flops(lambda: fast(x))
-        with bench.plain_padded_blocks(fast):
-            _, f_model = bench.count_flops(lambda: fast(x))
+    f_plain, f_fast, fast, x = _flops_plain_and_fast_block(bench, window=4, size=10)
+    with torch.inference_mode(), bench.plain_padded_blocks(fast):
+        _, f_model = bench.count_flops(lambda: fast(x))
     assert type(fast) is FastBlock
     assert f_model == f_plain
     pad, real = 12 * 12, 10 * 10  # 10x10 padded to 12x12 for 4x4 windows
