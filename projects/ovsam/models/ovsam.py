@@ -110,7 +110,8 @@ class OVSAM(BaseDetector):
     def fpn_features(self, clip_feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """FPN levels in contiguous NCHW: convolutions may run channels-last
         (the fast CPU path), but mmcv's RoIAlign reads NCHW memory regardless of
-        strides, so convert once here instead of at every RoI call."""
+        strides. The RoI callers guard for that themselves; converting here puts
+        the one copy in the image-level stage, so their guard is a no-op."""
         return tuple(f.contiguous() for f in self.fpn_neck(clip_feats))
 
     def _split_masks(self, num_classes: int, device) -> Tuple[Tensor, Optional[Tensor]]:
