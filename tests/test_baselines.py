@@ -15,8 +15,8 @@ from ovsam.datasets.shapes import SHAPE_BASE_CLASSES, SHAPE_CLASSES, SHAPE_NOVEL
 from ovsam.registry import DATASETS, MODELS
 from ovsam.vocabulary import save_text_embeddings
 
-CROP_CFG = osp.join(ROOT, 'configs', 'eval', 'baseline_sam-vith_clip-crop_coco-ov_box.py')
-POOL_CFG = osp.join(ROOT, 'configs', 'eval', 'baseline_sam-vith_clip-maskpool_coco-ov_box.py')
+CROP_CFG = osp.join(ROOT, 'configs', 'eval', 'sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py')
+POOL_CFG = osp.join(ROOT, 'configs', 'eval', 'sam-clip-maskpool_vith-rn50x16_box-prompt_coco-ov.py')
 
 TINY_SAM = dict(
     image_encoder=dict(variant='custom', image_size=256, embed_dim=32, depth=1, num_heads=2,

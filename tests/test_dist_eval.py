@@ -16,7 +16,7 @@ from mmengine.config import Config
 
 from conftest import ROOT
 
-CFG = osp.join(ROOT, 'configs', 'eval', 'ovsam_tiny_shapes_box-eval.py')
+CFG = osp.join(ROOT, 'configs', 'eval', 'ovsam_tiny_box-prompt_shapes.py')
 NUM_VAL = 7  # odd: the distributed sampler pads one rank, the metrics must drop the repeat
 
 

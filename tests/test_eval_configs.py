@@ -40,10 +40,10 @@ def without_files(model_cfg):
 
 
 def test_expected_configs_exist():
-    for name in ('ovsam_rn50x16_coco-ov_box.py', 'ovsam_rn50x16_coco-ov_point.py', 'ovsam_rn50x16_lvis_box.py',
-                 'ovsam_rn50x16_coco_detector-proposals.py', 'ovsam_rn50x16_lvis_detector-proposals.py',
-                 'baseline_sam-vith_clip-crop_coco-ov_box.py', 'baseline_sam-vith_clip-maskpool_coco-ov_box.py',
-                 'ovsam_tiny_shapes_box-eval.py'):
+    for name in ('ovsam_rn50x16_box-prompt_coco-ov.py', 'ovsam_rn50x16_point-prompt_coco-ov.py', 'ovsam_rn50x16_box-prompt_lvis.py',
+                 'ovsam_rn50x16_detector-prompt_coco.py', 'ovsam_rn50x16_detector-prompt_lvis.py',
+                 'sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py', 'sam-clip-maskpool_vith-rn50x16_box-prompt_coco-ov.py',
+                 'ovsam_tiny_box-prompt_shapes.py'):
         assert name in NAMES, name
 
 
@@ -65,7 +65,7 @@ def test_config_builds_on_meta_device(name):
     assert next(model.parameters()).device.type == 'meta'
     if 'tiny' not in name:  # real size: SAM-H + RN50x16 ~ 0.8 B, OV-SAM ~ 0.3 B parameters
         n = sum(p.numel() for p in model.parameters())
-        assert n > (600e6 if name.startswith('baseline') else 250e6)
+        assert n > (600e6 if name.startswith('sam-clip') else 250e6)
 
 
 @pytest.mark.parametrize('name', [n for n in NAMES if n.startswith('ovsam_rn50x16')])
@@ -91,7 +91,7 @@ def test_ovsam_configs_point_at_the_release(name):
 
 
 def test_interactive_configs():
-    box, point = load('ovsam_rn50x16_coco-ov_box.py'), load('ovsam_rn50x16_coco-ov_point.py')
+    box, point = load('ovsam_rn50x16_box-prompt_coco-ov.py'), load('ovsam_rn50x16_point-prompt_coco-ov.py')
     for cfg in (box, point):
         assert cfg.model.prompt_source == 'gt'
         assert cfg.model.base_classes == list(COCO_OV_BASE_IDS)
@@ -104,14 +104,14 @@ def test_interactive_configs():
         assert types.index('LoadAnnotations') < types.index('Resize')
     assert box.model.data_preprocessor.eval_prompt == 'box'
     assert point.model.data_preprocessor.eval_prompt == 'point'
-    lvis = load('ovsam_rn50x16_lvis_box.py')
+    lvis = load('ovsam_rn50x16_box-prompt_lvis.py')
     assert lvis.test_evaluator.type == 'LVISPromptSegMetric'
     assert lvis.test_evaluator.ann_file == lvis.model.split_ann_file == 'data/lvis/annotations/lvis_v1_val.json'
     assert lvis.test_dataloader.dataset.type == 'LVISV1Dataset'
 
 
-@pytest.mark.parametrize('name,metric', [('ovsam_rn50x16_coco_detector-proposals.py', 'CocoMetric'),
-                                         ('ovsam_rn50x16_lvis_detector-proposals.py', 'LVISMetricNumpy2')])
+@pytest.mark.parametrize('name,metric', [('ovsam_rn50x16_detector-prompt_coco.py', 'CocoMetric'),
+                                         ('ovsam_rn50x16_detector-prompt_lvis.py', 'LVISMetricNumpy2')])
 def test_detector_configs(name, metric):
     cfg = load(name)
     assert cfg.model.prompt_source == 'pred' and cfg.model.data_preprocessor.eval_prompt is None
@@ -132,15 +132,15 @@ def test_detector_configs(name, metric):
 
 
 def test_baseline_configs():
-    crop = load('baseline_sam-vith_clip-crop_coco-ov_box.py')
-    pool = load('baseline_sam-vith_clip-maskpool_coco-ov_box.py')
+    crop = load('sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py')
+    pool = load('sam-clip-maskpool_vith-rn50x16_box-prompt_coco-ov.py')
     for cfg in (crop, pool):
         assert cfg.model.sam.image_encoder.variant == 'vit_h'
         assert osp.basename(cfg.model.sam.checkpoint) == 'sam_vit_h_4b8939.pth'
         assert cfg.model.clip.model_name == 'RN50x16'
         assert osp.basename(cfg.model.clip.init_cfg.checkpoint) == 'RN50x16.pt'
         assert cfg.model.classifier.num_classes == 65
-        assert cfg.test_evaluator == load('ovsam_rn50x16_coco-ov_box.py').test_evaluator
+        assert cfg.test_evaluator == load('ovsam_rn50x16_box-prompt_coco-ov.py').test_evaluator
     assert (crop.model.type, pool.model.type) == ('SAMCropCLIP', 'SAMMaskPoolCLIP')
 
 

@@ -35,10 +35,10 @@ def vocab(shapes, tmp_path_factory):
 
 
 def tiny_train_config(tmp_path, shapes, vocab, iters=6, batch=4, ckpt_interval=100, name='cfg.py'):
-    """clip2sam_tiny_shapes with random init and a deterministic data path
+    """clip2sam_tiny_1400it_shapes with random init and a deterministic data path
     (no random augmentation, every instance once, boxes only, dense mask loss)."""
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_shapes.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_1400it_shapes.py'))
     cfg.model.backbone.init_cfg = None
     cfg.model.neck.init_cfg = None
     cfg.model.prompt_encoder.sam_checkpoint = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Dump SAM image embeddings (the SAM2CLIP distillation targets) to disk.
 
-    python tools/dump_sam_features.py configs/sam2clip_vith_rn50x16_sa1b.py \
+    python tools/dump_sam_features.py configs/sam2clip_rn50x16_vith-distill_24e_sa1b.py \
         [--sam-checkpoint checkpoints/sam_vit_h_4b8939.pth] [--shard 0/4]
 
 Reads the training set of the config (``SA1BDataset`` with ``feat_dir``) and the

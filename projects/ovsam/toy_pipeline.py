@@ -185,7 +185,7 @@ class Pipeline:
             return log('  cached')
         import torch
         it = self.args.sam_iters
-        cfg = self.config('sam_tiny_shapes.py', 'sam_tiny_shapes.py', **self.data_paths(), **self.schedule(it, 50))
+        cfg = self.config('sam_tiny_250it_shapes.py', 'sam_tiny_250it_shapes.py', **self.data_paths(), **self.schedule(it, 50))
         wd = osp.join(self.wd, 'sam')
         self.train(cfg, wd)
         # Export in SAM's release layout (a plain state dict).
@@ -230,7 +230,7 @@ class Pipeline:
             return log('  cached')
         it = self.args.sam2clip_iters
         cfg = self.config(
-            'sam2clip_tiny_shapes.py', 'sam2clip_tiny_shapes.py', **{
+            'sam2clip_tiny_sam-tiny-distill_200it_shapes-sa1b.py', 'sam2clip_tiny_sam-tiny-distill_200it_shapes-sa1b.py', **{
                 'train_dataloader.dataset.data_root': osp.join(self.data, 'sa1b'),
                 'model.backbone.init_cfg.checkpoint': self.clip_ckpt,
                 'model.neck.sam_checkpoint': self.sam_ckpt,
@@ -244,10 +244,10 @@ class Pipeline:
     def ovsam_ckpt(self):
         return osp.join(self.wd, 'clip2sam', 'ovsam_tiny_shapes.pth')
 
-    def clip2sam_cfg(self, out_name='clip2sam_tiny_shapes.py', **extra):
+    def clip2sam_cfg(self, out_name='clip2sam_tiny_1400it_shapes.py', **extra):
         it = self.args.clip2sam_iters
         return self.config(
-            'clip2sam_tiny_shapes.py', out_name, **self.data_paths(), **{
+            'clip2sam_tiny_1400it_shapes.py', out_name, **self.data_paths(), **{
                 'model.backbone.init_cfg.checkpoint': self.clip_ckpt,
                 'model.neck.init_cfg.checkpoint': self.sam2clip_ckpt,
                 'model.prompt_encoder.sam_checkpoint': self.sam_ckpt,
@@ -359,11 +359,11 @@ class ToyReproduction(Pipeline):
     def base_ckpt(self):
         return osp.join(self.wd, 'clip2sam_base', 'ovsam_tiny_shapes_base.pth')
 
-    def clip2sam_base_cfg(self, out_name='clip2sam_tiny_shapes_base.py'):
+    def clip2sam_base_cfg(self, out_name='clip2sam_tiny_1400it_shapes-base.py'):
         it = self.args.clip2sam_iters
         ann = osp.join(self.data, 'annotations', 'instances_val.json')
         return self.config(
-            'clip2sam_tiny_shapes_base.py', out_name, **self.data_paths(), **{
+            'clip2sam_tiny_1400it_shapes-base.py', out_name, **self.data_paths(), **{
                 'model.backbone.init_cfg.checkpoint': self.clip_ckpt,
                 'model.neck.init_cfg.checkpoint': self.sam2clip_ckpt,
                 'model.prompt_encoder.sam_checkpoint': self.sam_ckpt,

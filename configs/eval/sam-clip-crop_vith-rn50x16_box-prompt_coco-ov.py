@@ -1,9 +1,9 @@
 # Paper baseline (a): SAM ViT-H segments each ground-truth box; the crop of
 # the mask's box, resized to 384x384, is classified by the whole CLIP RN50x16
 # image tower against the 65 COCO-OV class names. Same data and metric as
-# ovsam_rn50x16_coco-ov_box.py.
+# ovsam_rn50x16_box-prompt_coco-ov.py.
 #
-#   python tools/test.py configs/eval/baseline_sam-vith_clip-crop_coco-ov_box.py none
+#   python tools/test.py configs/eval/sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py none
 _base_ = ['./_base_/eval-data_coco-ov_interactive.py']
 
 custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)

@@ -2,7 +2,7 @@
 # prompted with COCO val2017 ground-truth boxes; mIoU and accuracy over the
 # 65 classes of the open-vocabulary split, overall / base / novel.
 #
-#   python tools/test.py configs/eval/ovsam_rn50x16_coco-ov_box.py none
+#   python tools/test.py configs/eval/ovsam_rn50x16_box-prompt_coco-ov.py none
 #
 # The model is assembled from the official release files below (checkpoint
 # argument 'none'). The vocabulary file holds the CLIP text embeddings of the

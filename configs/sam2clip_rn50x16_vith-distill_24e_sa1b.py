@@ -2,7 +2,7 @@
 # RN50x16 + the SAM2CLIP adapter on 1 % of SA-1B.
 #
 # Teacher features are usually dumped once (resumable):
-#   python tools/dump_sam_features.py configs/sam2clip_vith_rn50x16_sa1b.py
+#   python tools/dump_sam_features.py configs/sam2clip_rn50x16_vith-distill_24e_sa1b.py
 # and read from data/sa1b/sam_vith_features/; set model.teacher to a
 # SAMImageEncoder instead to run SAM-H live.
 _base_ = ['mmdet::_base_/default_runtime.py', './_base_/models/ovsam_rn50x16.py']

@@ -2,7 +2,7 @@
 # dense C5 features of the whole (1024-pixel) image are averaged inside the
 # mask and classified through CLIP's attention-pool head.
 #
-#   python tools/test.py configs/eval/baseline_sam-vith_clip-maskpool_coco-ov_box.py none
-_base_ = ['./baseline_sam-vith_clip-crop_coco-ov_box.py']
+#   python tools/test.py configs/eval/sam-clip-maskpool_vith-rn50x16_box-prompt_coco-ov.py none
+_base_ = ['./sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py']
 
 model = dict(type='SAMMaskPoolCLIP', pooling='attnpool')

@@ -2,7 +2,7 @@
 # prompted with LVIS v1 val ground-truth boxes; mIoU and accuracy overall,
 # frequent / common / rare and base (f + c) / novel (r).
 #
-#   python tools/test.py configs/eval/ovsam_rn50x16_lvis_box.py none
+#   python tools/test.py configs/eval/ovsam_rn50x16_box-prompt_lvis.py none
 #
 # Vocabulary: python tools/gen_text_embeddings.py --classes lvis --clip-model RN50x16 \
 #     --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_lvis.pth

@@ -3,7 +3,7 @@
 # classes: those are "seen" in the open-vocabulary ensemble, the other 32
 # (the 17 novel ones and the 15 outside the OV split) "unseen".
 #
-#   python tools/test.py configs/eval/ovsam_rn50x16_coco_detector-proposals.py none \
+#   python tools/test.py configs/eval/ovsam_rn50x16_detector-prompt_coco.py none \
 #       --cfg-options test_dataloader.dataset.pipeline.2.proposal_file=RESULTS.json
 #
 # RESULTS: COCO results JSON ([{image_id, category_id, bbox xywh, score}]) or

@@ -1,7 +1,7 @@
 # OV-SAM segments (and labels) a detector's boxes on LVIS v1 val; LVIS mask
 # AP (AP, APr, APc, APf) with lvis-api.
 #
-#   python tools/test.py configs/eval/ovsam_rn50x16_lvis_detector-proposals.py none \
+#   python tools/test.py configs/eval/ovsam_rn50x16_detector-prompt_lvis.py none \
 #       --cfg-options test_dataloader.dataset.pipeline.2.proposal_file=RESULTS.json
 _base_ = [
     '../_base_/models/ovsam_rn50x16.py',

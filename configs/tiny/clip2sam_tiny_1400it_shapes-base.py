@@ -1,7 +1,7 @@
 # Toy open-vocabulary setting: CLIP2SAM trained on the 7 base shape classes
 # only (novel classes' annotations are dropped; the 10-class label space and
 # vocabulary stay), evaluated on all 10 with the base/novel split.
-_base_ = ['./clip2sam_tiny_shapes.py']
+_base_ = ['./clip2sam_tiny_1400it_shapes.py']
 
 base_classes = [0, 1, 2, 4, 5, 6, 7]
 novel_classes = [3, 8, 9]
