@@ -51,7 +51,7 @@ def oracle(predictor, instances, confidence=None):
     classes = [c for c, _ in instances]
 
     def fake(point_coords, point_labels=None, boxes=None, mask_input=None, top_k=5, return_logits=True):
-        sx, sy = predictor.image_state['meta']['scale_factor']
+        sx, sy = predictor.scale_factor
         n = point_coords.shape[0]
         k_cls = predictor.num_classes
         logits = torch.full((n, h, w), -10.0)
@@ -143,7 +143,12 @@ def test_find_matches_synonyms_and_adds_new_queries(predictor, scene):
     predictor.set_image(rgb)
     oracle(predictor, instances)
     k = predictor.num_classes
-    circles = predictor.find('Disc', points_per_side=32)
+    from ovsam.apis import OVSAMAutomaticMaskGenerator
+
+    def find(query, points_per_side, min_score=0.0):
+        return OVSAMAutomaticMaskGenerator(predictor, points_per_side=points_per_side).find(query, min_score=min_score)
+
+    circles = find('Disc', points_per_side=32)
     assert predictor.num_classes == k  # 'disc' is a synonym of 'circle,disc'
     expected = [i for i in _hit_instances(instances, 32) if instances[i][0] == 0]
     assert len(circles) == len(expected) >= 1
@@ -151,11 +156,11 @@ def test_find_matches_synonyms_and_adds_new_queries(predictor, scene):
         assert r['label'] == 0 and r['query_class'] == 'circle,disc'
     scores = [r['score'] for r in circles]
     assert scores == sorted(scores, reverse=True)
-    assert predictor.find('pentagon', points_per_side=8) == []
+    assert find('pentagon', points_per_side=8) == []
     assert predictor.num_classes == k + 1 and predictor.class_names[-1] == 'pentagon'
-    assert predictor.find('disc', points_per_side=32, min_score=0.999) == []
+    assert find('disc', points_per_side=32, min_score=0.999) == []
     with pytest.raises(ValueError):
-        predictor.find(' , ')
+        find(' , ', points_per_side=8)
 
 
 def test_real_tiny_model_end_to_end(predictor, scene):

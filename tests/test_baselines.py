@@ -182,13 +182,13 @@ def test_mask_pooling_only_sees_inside_the_mask(shapes, pooling):
     masks[0, :64, :96] = True   # exactly C5 cells [0:2, 0:3]
     masks[1, 100:180, 20:200] = True
     boxes = torch.tensor([[0., 0., 96., 64.], [20., 100., 200., 180.]])
-    e = model.region_embed(None, c5, 0, masks, boxes)
+    e = model.clip_embed(None, c5, 0, masks, boxes)
     c5b = c5.clone()
     c5b[..., 6:, 7:] += 5  # cells no mask touches
-    torch.testing.assert_close(model.region_embed(None, c5b, 0, masks, boxes), e)
+    torch.testing.assert_close(model.clip_embed(None, c5b, 0, masks, boxes), e)
     c5c = c5.clone()
     c5c[..., 0, 0] += 5  # inside mask 0 only
-    e2 = model.region_embed(None, c5c, 0, masks, boxes)
+    e2 = model.clip_embed(None, c5c, 0, masks, boxes)
     assert not torch.allclose(e2[0], e[0]) and torch.allclose(e2[1], e[1])
     if pooling == 'value':
         head = model.clip.head

@@ -48,7 +48,7 @@ def test_tiny_clip_loads_through_the_real_clip_path(tiny_clip):
     with torch.no_grad():
         ref = clip.encode_image(x)
         rois = torch.tensor([[i, 0., 0., 64., 64.] for i in range(3)])
-        got = backbone.region_embed(backbone(x)[-1], rois)
+        got = backbone.box_embed(backbone(x)[-1], rois)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 

@@ -5,7 +5,7 @@ import torch
 from conftest import build_tiny, make_batch
 
 
-def test_backbone_levels_and_region_embed(tiny_model):
+def test_backbone_levels_and_box_embed(tiny_model):
     bb = tiny_model.backbone
     x = torch.randn(2, 3, 256, 256)
     feats = bb(x)
@@ -13,12 +13,12 @@ def test_backbone_levels_and_region_embed(tiny_model):
     assert [f.shape[-1] for f in feats] == [64, 32, 16, 8]
     assert all(not p.requires_grad for p in bb.parameters())
     rois = torch.tensor([[0, 10., 10., 100., 120.], [1, 0., 0., 256., 256.]])
-    emb = bb.region_embed(feats[-1], rois)
+    emb = bb.box_embed(feats[-1], rois)
     assert emb.shape == (2, 64)
     # embeddings depend on the box, not only on the image
     rois2 = rois.clone()
     rois2[0, 1:] = torch.tensor([150., 150., 250., 250.])
-    assert not torch.allclose(bb.region_embed(feats[-1], rois2)[0], emb[0])
+    assert not torch.allclose(bb.box_embed(feats[-1], rois2)[0], emb[0])
 
 
 def test_backbone_stays_frozen_in_train_mode(tiny_model):
@@ -105,13 +105,13 @@ def test_point_prompt_clip_box_comes_from_mask_not_gt(tiny_model, monkeypatch):
     """For point prompts the frozen-CLIP branch must look at the predicted
     mask's box, whatever ground-truth box the sample carries."""
     seen = {}
-    orig = tiny_model.classify_with_clip
+    orig = tiny_model.clip_logits
 
-    def spy(c5, boxes, batch_index=0):
+    def spy(c5, boxes, mask_logits):
         seen['boxes'] = boxes.clone()
-        return orig(c5, boxes, batch_index)
+        return orig(c5, boxes, mask_logits)
 
-    monkeypatch.setattr(tiny_model, 'classify_with_clip', spy)
+    monkeypatch.setattr(tiny_model, 'clip_logits', spy)
     inputs, samples = make_batch(tiny_model, points=[[[70., 90.]]])
     samples[0].gt_instances.gt_boxes = torch.tensor([[1., 2., 3., 4.]])
     with torch.no_grad():

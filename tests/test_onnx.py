@@ -61,12 +61,12 @@ def test_torchvision_roi_align_equals_mmcv(output_size, spatial_scale):
 def test_dense_mask_boxes_equal_mmdet_mask2bbox():
     from mmdet.structures.mask import mask2bbox
 
-    from ovsam.apis.onnx_export import masks_to_boxes_dense
+    from ovsam.models.common import masks_to_boxes
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 40, 50, generator=g) - 2.5
     logits[0] = -5  # empty
     logits[1, 3:9, 7:30] = 4
-    out = masks_to_boxes_dense(logits, 4.0)
+    out = masks_to_boxes(logits, 4.0)
     assert torch.equal(out, mask2bbox(logits.sigmoid() > 0.5) * 4.0)
     assert torch.equal(out[0], torch.zeros(4))
 
@@ -74,7 +74,7 @@ def test_dense_mask_boxes_equal_mmdet_mask2bbox():
 def test_roi_extractor_replacement_equals_single_roi_extractor(predictor):
     from ovsam.apis.onnx_export import PromptSideModel
     wrapper = PromptSideModel(predictor.model)
-    fpn = predictor.image_state['fpn_feats']
+    fpn = predictor.image_state.feats.fpn_feats
     g = torch.Generator().manual_seed(2)
     xy = torch.rand(30, 2, generator=g) * 200
     wh = torch.rand(30, 2, generator=g) ** 3 * 250  # small to large: every FPN level
@@ -105,8 +105,8 @@ def test_wrapper_equals_predictor_in_pytorch(predictor, kind):
     feeds = onnx_prompt_inputs(predictor, **kw)
     with torch.no_grad():
         masks, scores, used_boxes = wrapper(*_feeds_torch(feeds))
-    ref = predictor.predict_torch(*predictor._prepare_prompts(kw.get('point_coords'), kw.get('point_labels'),
-                                                              kw.get('box'), kw.get('mask_input')))
+    ref = predictor.predict_torch(*predictor.transform_prompts(kw.get('point_coords'), kw.get('point_labels'),
+                                                               kw.get('box'), kw.get('mask_input')))
     assert torch.allclose(masks, ref['low_res_logits'], atol=1e-5)
     assert torch.allclose(scores, ref['scores_log'], atol=1e-4)
     assert torch.allclose(used_boxes, ref['boxes'], atol=1e-4)
@@ -151,8 +151,8 @@ def test_onnxruntime_matches_pytorch(session, predictor, n, kind):
     if kind == 'mask':
         kw = dict(point_coords=points[:, :1], mask_input=predictor.predict(box=boxes).low_res_logits)
     out_masks, out_scores, out_boxes = session.run(None, onnx_prompt_inputs(predictor, **kw))
-    ref = predictor.predict_torch(*predictor._prepare_prompts(kw.get('point_coords'), kw.get('point_labels'),
-                                                              kw.get('box'), kw.get('mask_input')))
+    ref = predictor.predict_torch(*predictor.transform_prompts(kw.get('point_coords'), kw.get('point_labels'),
+                                                               kw.get('box'), kw.get('mask_input')))
     assert out_masks.shape == (n, 1, 64, 64)
     assert np.allclose(out_masks, ref['low_res_logits'].numpy(), atol=1e-4)
     assert out_scores.shape == (n, predictor.num_classes + 1)

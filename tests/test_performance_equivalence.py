@@ -1,4 +1,5 @@
-"""The opt-in fast inference paths give the plain modules' outputs.
+"""The fast inference paths (subclasses swapped in by one table) give the
+plain modules' outputs.
 
 Tolerances (fp32, CPU): attention through SDPA with the rel-pos bias as a mask
 only re-associates sums, so ViT blocks / adapters / image encoders agree to
@@ -19,6 +20,12 @@ from conftest import build_tiny, make_batch
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def fast_path(module, name, enabled=True, **options):
+    """Swap one path of ``FAST_PATHS`` in (or out); returns how many modules it switched."""
+    from ovsam.models.fast_inference import optimize_for_inference
+    return optimize_for_inference(module, enabled, paths=[name], **options)[name]
 
 
 def _block(dim=32, heads=4, window=4, size=10, qkv_bias=True, rel_pos=True, seed=0):
@@ -42,10 +49,10 @@ def _block(dim=32, heads=4, window=4, size=10, qkv_bias=True, rel_pos=True, seed
     (0, 9, True, False, None),    # no relative positions
 ])
 def test_fast_block_matches_plain(window, size, qkv_bias, rel_pos, chunk):
-    from ovsam.models.fast_inference import FastBlock, enable_fast_attention
+    from ovsam.models.fast_inference import FastBlock
     blk = _block(window=window, size=size, qkv_bias=qkv_bias, rel_pos=rel_pos)
     fast = copy.deepcopy(blk)
-    assert enable_fast_attention(fast, query_chunk=chunk) == 1
+    assert fast_path(fast, 'attention', query_chunk=chunk) == 1
     assert isinstance(fast, FastBlock)
     x = torch.randn(2, size, size, 32)
     with torch.no_grad():
@@ -55,21 +62,19 @@ def test_fast_block_matches_plain(window, size, qkv_bias, rel_pos, chunk):
 
 def test_fast_attention_keeps_state_dict_and_reverts():
     from segment_anything.modeling.image_encoder import Block
-    from ovsam.models.fast_inference import enable_fast_attention
     blk = _block()
     keys = list(blk.state_dict())
-    enable_fast_attention(blk)
+    fast_path(blk, 'attention')
     assert list(blk.state_dict()) == keys
     copy.deepcopy(blk)  # still copyable / picklable
-    enable_fast_attention(blk, enabled=False)
+    fast_path(blk, 'attention', enabled=False)
     assert type(blk) is Block
 
 
 def test_fast_block_gradients_match():
-    from ovsam.models.fast_inference import enable_fast_attention
     blk = _block(window=4, size=10).train()
     fast = copy.deepcopy(blk)
-    enable_fast_attention(fast)
+    fast_path(fast, 'attention')
     x = torch.randn(1, 10, 10, 32)
     blk(x).square().sum().backward()
     fast(x).square().sum().backward()
@@ -87,16 +92,18 @@ def _randomise_rel_pos(model):
                 m.attn.rel_pos_w.copy_(torch.randn(m.attn.rel_pos_w.shape, generator=g) * 0.3)
 
 
-def test_adapter_fast_attention_option(tiny_cfg):
+def test_adapter_fast_paths_match(tiny_cfg):
     import ovsam  # noqa: F401
     from mmdet.registry import MODELS
-    from ovsam.models.fast_inference import FastBlock
+    from ovsam.models.fast_inference import FastBlock, FastSAM2CLIPAdapter, optimize_for_inference
     cfg = dict(tiny_cfg.model.neck)
     torch.manual_seed(0)
     plain = MODELS.build(cfg)
     plain.init_weights()
     _randomise_rel_pos(plain)
-    fast = MODELS.build(dict(cfg, fast_attention=True))
+    fast = MODELS.build(cfg)
+    optimize_for_inference(fast)
+    assert isinstance(fast, FastSAM2CLIPAdapter)
     assert all(isinstance(b, FastBlock) for b in fast.blocks)
     assert list(fast.state_dict()) == list(plain.state_dict())
     fast.load_state_dict(plain.state_dict())
@@ -107,13 +114,12 @@ def test_adapter_fast_attention_option(tiny_cfg):
 
 def test_sam_image_encoder_fast_attention():
     from ovsam.models import build_sam_image_encoder
-    from ovsam.models.fast_inference import enable_fast_attention
     torch.manual_seed(0)
     enc = build_sam_image_encoder('custom', image_size=160, out_chans=16, embed_dim=32, depth=2, num_heads=4,
                                   global_attn_indexes=(1, ), window_size=4).eval()  # 10x10 grid, padded
     _randomise_rel_pos(enc)
     fast = copy.deepcopy(enc)
-    assert enable_fast_attention(fast) == 2
+    assert fast_path(fast, 'attention') == 2
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), enc(x), **TOL)
@@ -129,30 +135,29 @@ def _head_inputs(model, n, seed=0):
 
 
 def test_shared_image_embed_decoder_matches(tiny_model):
+    from ovsam.models.fast_inference import FastCLIP2SAMHead
     model = tiny_model
     x = torch.randn(2, 3, 256, 256)
     boxes, sparse, dense = _head_inputs(model, 6)
     head = model.mask_decoder
+    fast = copy.deepcopy(head)
+    assert fast_path(fast, 'decoder') == 1 and type(fast) is FastCLIP2SAMHead
     with torch.no_grad():
         _, embed, fpn = model.extract_feat(x)
         pe = model.pe.get_dense_pe()
         for idx in (torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long),
                     torch.tensor([0, 1, 0, 1, 1, 0])):  # the mixed batch falls back to the plain path
-            head.shared_image_embed = False
             ref = head(embed, pe, sparse, dense, fpn, batch_idx=idx)
-            head.shared_image_embed = True
-            out = head(embed, pe, sparse, dense, fpn, batch_idx=idx)
+            out = fast(embed, pe, sparse, dense, fpn, batch_idx=idx)
             torch.testing.assert_close(out[0], ref[0], **TOL)
             torch.testing.assert_close(out[1], ref[1], **TOL)
             torch.testing.assert_close(out[2], ref[2])
-    head.shared_image_embed = False
 
 
 @pytest.mark.parametrize('chunk', [1, 4, 10, 32])
 def test_prompt_chunks_match_one_batch(tiny_model, chunk):
     """Tiled decoding (10 prompts in tiles of ``chunk``, incl. an uneven last
     tile) gives the masks and logits of one batch through the plain path."""
-    from ovsam.models.fast_inference import enable_fast_decoder
     model = copy.deepcopy(tiny_model)
     boxes, sparse, dense = _head_inputs(model, 10)
     head = model.mask_decoder
@@ -160,22 +165,24 @@ def test_prompt_chunks_match_one_batch(tiny_model, chunk):
         _, embed, fpn = model.extract_feat(torch.randn(1, 3, 256, 256))
         pe = model.pe.get_dense_pe()
         ref = head(embed, pe, sparse, dense, fpn)
-        assert enable_fast_decoder(model, prompt_chunk=chunk) == 1
+        assert fast_path(model, 'decoder', prompt_chunk=chunk) == 1
         assert head.prompt_chunk == chunk
         out = head(embed, pe, sparse, dense, fpn)
     assert out[0].shape == ref[0].shape == (10, 1, 64, 64)
     torch.testing.assert_close(out[0], ref[0], **TOL)
     torch.testing.assert_close(out[1], ref[1], **TOL)
     torch.testing.assert_close(out[2], ref[2])
-    enable_fast_decoder(model, False)
-    assert head.prompt_chunk == 0 and not head.shared_image_embed
+    fast_path(model, 'decoder', False)
+    from ovsam.models import CLIP2SAMHead
+    assert type(head) is CLIP2SAMHead
 
 
 def test_optimize_for_inference_predict_matches(tiny_cfg):
     from ovsam.models.fast_inference import optimize_for_inference
     plain = build_tiny(tiny_cfg)
     _randomise_rel_pos(plain)
-    fast = optimize_for_inference(copy.deepcopy(plain))
+    fast = copy.deepcopy(plain)
+    optimize_for_inference(fast)
     boxes = [[10, 10, 100, 120], [50, 60, 200, 190], [0, 0, 239, 199], [120, 20, 230, 90]]
     with torch.no_grad():
         ref = plain.predict(*make_batch(plain, boxes=boxes))[0].pred_instances
@@ -203,7 +210,8 @@ def test_bf16_autocast_fast_paths_run(tiny_cfg):
     operands differ in dtype) and stay close to the plain model under autocast."""
     from ovsam.models.fast_inference import optimize_for_inference
     plain = build_tiny(tiny_cfg)
-    fast = optimize_for_inference(copy.deepcopy(plain))
+    fast = copy.deepcopy(plain)
+    optimize_for_inference(fast)
     boxes = [[10, 10, 100, 120], [50, 60, 200, 190], [0, 0, 239, 199]]
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
         ref = plain.predict(*make_batch(plain, boxes=boxes))[0].pred_instances
@@ -216,10 +224,10 @@ def test_bf16_autocast_fast_paths_run(tiny_cfg):
 @pytest.mark.parametrize('dim', [64, 256])
 def test_fast_upscaling_matches(dim):
     """Token-layout mask upscaling == SAM's output_upscaling + hypernetwork product."""
-    from ovsam.models.clip2sam import build_sam_mask_decoder
+    from ovsam.models import build_sam_mask_decoder
     from ovsam.models.fast_inference import upscale_and_predict_masks
     torch.manual_seed(0)
-    dec = build_sam_mask_decoder(dim, 1, 64, 4).eval()
+    dec = build_sam_mask_decoder(dim, 1, 64, 4, single_mask=True).eval()
     with torch.no_grad():
         ln = dec.output_upscaling[1]
         ln.weight.normal_(1, 0.3)
@@ -235,12 +243,12 @@ def test_fast_upscaling_matches(dim):
 
 def test_channels_last_trunk_matches(tiny_model):
     """Channels-last CLIP trunk: same features, channels-last layout; switchable back."""
-    from ovsam.models.fast_inference import enable_channels_last
     model = copy.deepcopy(tiny_model)
     x = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         ref = model.backbone(x)
-        assert enable_channels_last(model) == 1
+        assert fast_path(model, 'clip_backbone') == 1
+        assert fast_path(model, 'channels_last') > 0
         out = model.backbone(x)
         fpn = model.fpn_neck(out)
         embed = model.neck(out)
@@ -250,7 +258,8 @@ def test_channels_last_trunk_matches(tiny_model):
     with torch.no_grad():
         torch.testing.assert_close(embed, tiny_model.neck(ref), **TOL)
         torch.testing.assert_close(fpn[0], tiny_model.fpn_neck(ref)[0], **TOL)
-    assert enable_channels_last(model, enabled=False) == 1
+    assert fast_path(model, 'clip_backbone', enabled=False) == 1
+    fast_path(model, 'channels_last', enabled=False)
     with torch.no_grad():
         back = model.backbone(x)
     assert all(o.is_contiguous() for o in back)
@@ -272,16 +281,19 @@ def test_attention_pool_first_token_matches_open_clip(grid, heads, width):
         torch.testing.assert_close(attention_pool_first_token(pool, x), pool(x), **TOL)
 
 
-def test_fast_attention_pool_region_embed_matches(tiny_model):
-    from ovsam.models.fast_inference import enable_fast_attention_pool
+def test_fast_attention_pool_box_embed_matches(tiny_model):
     model = copy.deepcopy(tiny_model)
     c5 = torch.randn(1, model.backbone.out_channels[-1], 8, 8)
     rois = torch.tensor([[0., 10., 20., 100., 200.], [0., 0., 0., 255., 255.], [0., 50., 60., 70., 80.]])
+    masks = (torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     with torch.no_grad():
-        ref = model.backbone.region_embed(c5, rois)
-        assert enable_fast_attention_pool(model) == 1
-        out = model.backbone.region_embed(c5, rois)
+        ref = model.backbone.box_embed(c5, rois)
+        ref_m = model.backbone.mask_embed(c5, masks)
+        assert fast_path(model, 'clip_backbone') == 1
+        out = model.backbone.box_embed(c5, rois)
+        out_m = model.backbone.mask_embed(c5, masks)
     torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out_m, ref_m, **TOL)
 
 
 
@@ -334,9 +346,9 @@ def test_folded_two_way_transformer_gradients_match():
 def test_fast_decoder_uses_folded_transformer_only_for_few_tokens(tiny_model, monkeypatch):
     """Many prompt tokens (H*T > internal dim) take the plain transformer."""
     import ovsam.models.fast_inference as fi
-    from ovsam.models.fast_inference import enable_fast_decoder
     model = copy.deepcopy(tiny_model)
-    enable_fast_decoder(model)
+    plain = copy.deepcopy(model.mask_decoder)
+    fast_path(model, 'decoder')
     head = model.mask_decoder
     calls = []
     real = fi.folded_two_way_transformer
@@ -351,9 +363,7 @@ def test_fast_decoder_uses_folded_transformer_only_for_few_tokens(tiny_model, mo
             sparse = torch.randn(3, t, dim)
             dense = torch.zeros(1, dim, 16, 16)
             out = head.decode_masks(embed, pe, sparse, dense)
-            head.fast_transformer = False
-            ref = head.decode_masks(embed.expand(3, -1, -1, -1), pe, sparse, dense.expand(3, -1, -1, -1))
-            head.fast_transformer = True
+            ref = plain.decode_masks(embed.expand(3, -1, -1, -1), pe, sparse, dense.expand(3, -1, -1, -1))
             torch.testing.assert_close(out[0], ref[0], **TOL)
             torch.testing.assert_close(out[1], ref[1], **TOL)
     # label + mask token + 2 sparse (once per tile of prompts); the long prompt fell back
@@ -375,25 +385,32 @@ def test_deconv_as_gemm_matches_conv_transpose(k, bias):
 def test_gemm_deconv_adapter_matches(tiny_cfg):
     from mmdet.registry import MODELS
 
-    from ovsam.models.fast_inference import enable_gemm_deconv
+    from ovsam.models.fast_inference import FastLevelProjection
     cfg = copy.deepcopy(tiny_cfg.model.neck)
     torch.manual_seed(0)
     plain = MODELS.build(cfg).eval()
     fast = copy.deepcopy(plain)
-    assert enable_gemm_deconv(fast) == sum(s > 16 for s in cfg.get('strides', (4, 8, 16, 32)))
+    assert fast_path(fast, 'adapter') == 1 + len(cfg.in_channels)  # the adapter + its level projections
+    fast_path(fast, 'channels_last')  # the deconv's weight stays contiguous for its GEMM
+    deconvs = [m.projection for m in fast.patch_embeds if isinstance(m.projection, nn.ConvTranspose2d)]
+    assert all(type(m) is FastLevelProjection for m in fast.patch_embeds)
+    assert len(deconvs) == sum(s > 16 for s in cfg.get('strides', (4, 8, 16, 32)))
+    assert all(d.weight.is_contiguous() for d in deconvs)
     feats = [torch.randn(1, c, 256 // s, 256 // s) for c, s in zip(cfg.in_channels, cfg.get('strides', (4, 8, 16, 32)))]
     with torch.no_grad():
         torch.testing.assert_close(fast(feats), plain(feats), **TOL)
 
 
 def test_adapter_inference_sum_matches_training_sum(tiny_cfg):
-    """Without autograd the adapter sums its levels in place (and its blocks
-    reuse their buffers); with autograd it runs the plain expressions. Same result."""
+    """Without autograd the fast adapter sums its levels in place (and its
+    blocks reuse their buffers); with autograd it runs the plain expressions.
+    Same result."""
     from mmdet.registry import MODELS
     cfg = copy.deepcopy(tiny_cfg.model.neck)
     cfg.frozen = False
     torch.manual_seed(0)
     adapter = MODELS.build(cfg).eval()
+    fast_path(adapter, 'adapter')
     with torch.no_grad():
         adapter.pos_embed.normal_()
         adapter.level_encoding.weight.normal_()
@@ -434,8 +451,8 @@ def test_region_embeddings_do_not_depend_on_memory_layout(tiny_model):
         torch.testing.assert_close(model.mask_decoder.region_embed(cl, rois, label),
                                    model.mask_decoder.region_embed(fpn, rois, label), **TOL)
         torch.testing.assert_close(
-            model.backbone.region_embed(c5.contiguous(memory_format=torch.channels_last), rois),
-            model.backbone.region_embed(c5, rois), **TOL)
+            model.backbone.box_embed(c5.contiguous(memory_format=torch.channels_last), rois),
+            model.backbone.box_embed(c5, rois), **TOL)
 
 
 def test_optimize_for_inference_head_logits_match(tiny_cfg):
@@ -443,15 +460,16 @@ def test_optimize_for_inference_head_logits_match(tiny_cfg):
     compare the head's and the frozen CLIP's logits of the fast and plain models."""
     from ovsam.models.fast_inference import optimize_for_inference
     plain = build_tiny(tiny_cfg)
-    fast = optimize_for_inference(copy.deepcopy(plain))
+    fast = copy.deepcopy(plain)
+    optimize_for_inference(fast)
     x = torch.randn(1, 3, 256, 256)
     boxes, sparse, dense = _head_inputs(plain, 5)
     outs = []
     with torch.no_grad():
         for m in (plain, fast):
-            clip_feats, embed, fpn = m.extract_feat(x)
-            masks, logits, used = m.mask_decoder(embed, m.pe.get_dense_pe(), sparse, dense, fpn)
-            outs.append((masks, logits, m.classify_with_clip(clip_feats[-1], boxes)))
+            feats = m.extract_feat(x)
+            masks, logits, used = m.decode(feats, sparse, dense)
+            outs.append((masks, logits, m.clip_logits(feats.clip_feats[-1], boxes, masks)))
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, **TOL)
 
@@ -472,15 +490,16 @@ def _randomise_batchnorms(model, seed=0):
 def test_folded_batchnorm_trunk_matches(tiny_model, channels_last):
     """The CLIP trunk with its batch norms folded into the convolutions: same
     features (in eval mode), same state dict, plain BN in train mode, undoable."""
-    from ovsam.models.fast_inference import (FoldedBatchNorm2d, FoldedBNConv2d, enable_channels_last,
-                                             enable_folded_batchnorm)
+    from ovsam.models.fast_inference import FoldedBatchNorm2d, FoldedBNConv2d
     model = copy.deepcopy(tiny_model)
     _randomise_batchnorms(model.backbone)
     plain = copy.deepcopy(model)
     keys = {k: v.clone() for k, v in model.state_dict().items()}
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
-    assert enable_folded_batchnorm(model) == n_bn  # every trunk BN follows a conv
-    enable_channels_last(model, channels_last)
+    assert fast_path(model, 'folded_batchnorm') == n_bn  # every trunk BN follows a conv
+    if channels_last:
+        fast_path(model, 'clip_backbone')
+        fast_path(model, 'channels_last')
     assert sum(type(m) is FoldedBatchNorm2d for m in model.modules()) == n_bn
     x = torch.randn(2, 3, 128, 160)
     with torch.no_grad():
@@ -505,7 +524,7 @@ def test_folded_batchnorm_trunk_matches(tiny_model, channels_last):
     y = torch.randn(4, conv.in_channels, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(bn(conv(y)), bn_plain(nn.Conv2d.forward(conv, y)), **TOL)
-    assert enable_folded_batchnorm(model, enabled=False) == n_bn
+    assert fast_path(model, 'folded_batchnorm', enabled=False) == n_bn
     assert not any(isinstance(m, (FoldedBNConv2d, FoldedBatchNorm2d)) for m in model.modules())
     assert not any(hasattr(m, '_folded_bn') for m in model.modules())
 
@@ -553,12 +572,11 @@ def test_fast_blocks_reusing_scratch_match_plain(window, size, chunk):
     """Blocks in one reuse_scratch scope share their temporaries: run two
     different blocks twice in a row (and a bigger input in between, so the
     buffers grow) and compare with the plain blocks; nothing is kept after."""
-    from ovsam.models.fast_inference import enable_fast_attention
     from ovsam.models.scratch import reuse_scratch, scratch_bytes
     blocks = [_block(window=window, size=size, seed=s) for s in (0, 1)]
     fast = copy.deepcopy(blocks)
     for f in fast:
-        enable_fast_attention(f, query_chunk=chunk)
+        fast_path(f, 'attention', query_chunk=chunk)
     x, big = torch.randn(1, size, size, 32), torch.randn(3, size, size, 32)
     with torch.inference_mode():
         ref = blocks[1](blocks[0](x))
@@ -607,12 +625,50 @@ def test_scratch_scope_nesting_and_threads():
 
 def test_fast_global_block_chunked_gradients_match():
     """Under autograd the chunked global attention builds fresh (differentiable) biases."""
-    from ovsam.models.fast_inference import enable_fast_attention
     blk = _block(window=0, size=6).train()
     fast = copy.deepcopy(blk)
-    enable_fast_attention(fast, query_chunk=8)
+    fast_path(fast, 'attention', query_chunk=8)
     x = torch.randn(1, 6, 6, 32)
     blk(x).square().sum().backward()
     fast(x).square().sum().backward()
     for (n, p), q in zip(blk.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=n)
+
+
+def test_fast_paths_swap_in_and_out_completely(tiny_cfg):
+    """One table: every fast path goes in with optimize_for_inference and
+    every one comes back out with enabled=False (no fast class, no folded BN,
+    contiguous convolution weights, the same state dict)."""
+    from ovsam.models.fast_inference import FAST_PATHS, fast_modules, optimize_for_inference
+    model = build_tiny(tiny_cfg)
+    keys = list(model.state_dict())
+    counts = optimize_for_inference(model)
+    assert set(counts) == set(FAST_PATHS) and all(n > 0 for n in counts.values()), counts
+    assert fast_modules(model)
+    assert optimize_for_inference(model, enabled=False) == counts
+    assert fast_modules(model) == []
+    assert not any(hasattr(m, '_folded_bn') for m in model.modules())
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    assert list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match='unknown fast paths'):
+        optimize_for_inference(model, paths=['warp_drive'])
+
+
+def test_plain_model_files_know_nothing_of_the_fast_paths():
+    """The plain modules import nothing from fast_inference / scratch and carry
+    no fast-path switches; the package has no import cycles."""
+    import ast
+    import os.path as osp
+    import ovsam
+    pkg = osp.dirname(ovsam.__file__)
+    for name in ('clip_backbone', 'sam2clip', 'clip2sam', 'ovsam', 'classifier', 'prompt_encoder', 'common'):
+        tree = ast.parse(open(osp.join(pkg, 'models', name + '.py')).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ('fast_inference', 'scratch') and \
+                    not (node.module or '').endswith(('.fast_inference', '.scratch')), (name, node.module)
+    from ovsam.models import CLIP2SAMHead, OpenCLIPBackbone, SAM2CLIPAdapter
+    for cls, flags in ((CLIP2SAMHead, ('shared_image_embed', 'fast_upscaling', 'prompt_chunk', 'fast_transformer')),
+                       (OpenCLIPBackbone, ('channels_last', 'fast_attention_pool')),
+                       (SAM2CLIPAdapter, ('fast_attention', ))):
+        assert not any(hasattr(cls, f) for f in flags), cls

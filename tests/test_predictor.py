@@ -56,19 +56,19 @@ def test_preprocessing_matches_mmdet_test_pipeline(predictor, scene):
     predictor.set_image(scene)
     inputs, meta = _pipeline_inputs(predictor.model, scene)
     st = predictor.image_state
-    assert st['inputs'].shape == inputs.shape == (1, 3, 256, 256)
-    assert torch.equal(st['inputs'], inputs)
-    assert tuple(st['meta']['img_shape']) == tuple(meta['img_shape']) == (160, 256)
-    assert np.allclose(st['meta']['scale_factor'], meta['scale_factor'])
+    assert st.inputs.shape == inputs.shape == (1, 3, 256, 256)
+    assert torch.equal(st.inputs, inputs)
+    assert tuple(st.meta['img_shape']) == tuple(meta['img_shape']) == (160, 256)
+    assert np.allclose(st.meta['scale_factor'], meta['scale_factor'])
     # padding holds the preprocessor's pad value (0) after normalisation
-    assert (st['inputs'][..., 160:, :] == 0).all()
+    assert (st.inputs[..., 160:, :] == 0).all()
 
 
 def test_predictions_match_ovsam_predict_single(predictor, scene):
     from mmengine.structures import InstanceData
     predictor.set_image(scene)
     model, st = predictor.model, predictor.image_state
-    sx, sy = st['meta']['scale_factor']
+    sx, sy = st.meta['scale_factor']
     boxes = np.array([[10, 20, 120, 150], [100, 5, 300, 190], [0, 0, 319, 199]], np.float32)
     points = np.array([[[40, 50]], [[200, 100]], [[310, 190]]], np.float32)
     for kw in (dict(box=boxes), dict(point_coords=points)):
@@ -79,7 +79,7 @@ def test_predictions_match_ovsam_predict_single(predictor, scene):
         else:
             prompts.point_coords = torch.from_numpy(points * np.array([sx, sy], np.float32))
         with torch.no_grad():
-            ref = model.predict_single(st['clip_feats'], st['image_embed'], st['fpn_feats'], prompts, st['meta'])
+            ref = model.predict_single(st.feats, prompts, st.meta)
         assert out.masks.shape == (3, 200, 320)
         assert np.array_equal(out.masks, ref.masks.numpy())
         assert np.array_equal(out.labels, ref.labels.numpy())
@@ -103,7 +103,8 @@ def test_fast_paths_on_by_default_and_equivalent(cfg, scene):
     kw = dict(clip_model_cfg=cfg.model.backbone.model_cfg, allow_random_text=True)
     plain = OVSAMPredictor(copy.deepcopy(model), fast=False, **kw)
     fast = OVSAMPredictor(model, **kw)
-    assert fast.model.mask_decoder.fast_transformer and not plain.model.mask_decoder.fast_transformer
+    from ovsam.models.fast_inference import FastCLIP2SAMHead, fast_modules
+    assert type(fast.model.mask_decoder) is FastCLIP2SAMHead and fast_modules(plain.model) == []
     boxes = np.array([[10, 20, 120, 150], [100, 5, 300, 190], [0, 0, 319, 199]], np.float32)
     outs = []
     for p in (plain, fast):
@@ -120,7 +121,7 @@ def test_image_formats_give_identical_features(predictor):
 
     def inputs(img, fmt='RGB'):
         predictor.set_image(img, fmt)
-        return predictor.image_state['inputs'].clone()
+        return predictor.image_state.inputs.clone()
 
     ref = inputs(rgb)
     assert torch.equal(inputs(np.ascontiguousarray(rgb[:, :, ::-1]), 'BGR'), ref)
@@ -145,7 +146,7 @@ def test_odd_sizes(predictor, shape):
     img = rng.integers(0, 256, shape, dtype=np.uint8)
     predictor.set_image(img)
     h, w = shape[:2]
-    meta = predictor.image_state['meta']
+    meta = predictor.image_state.meta
     nh, nw = meta['img_shape']
     assert max(nh, nw) == 256 and min(nh, nw) >= 1
     assert predictor.original_size == (h, w)
@@ -160,9 +161,9 @@ def test_odd_sizes(predictor, shape):
 def test_strip_coordinates_scale_per_axis(predictor):
     img = np.random.default_rng(2).integers(0, 256, (1, 1000, 3), dtype=np.uint8)
     predictor.set_image(img)
-    sx, sy = predictor.image_state['meta']['scale_factor']
+    sx, sy = predictor.image_state.meta['scale_factor']
     assert sx == pytest.approx(256 / 1000) and sy == pytest.approx(1.0)
-    coords, _, boxes, _ = predictor._prepare_prompts([[500, 0.5]], None, [100, 0, 900, 1], None)
+    coords, _, boxes, _ = predictor.transform_prompts([[500, 0.5]], None, [100, 0, 900, 1], None)
     assert torch.allclose(coords, torch.tensor([[[128.0, 0.5]]]))
     assert torch.allclose(boxes, torch.tensor([[25.6, 0.0, 230.4, 1.0]]))
 
@@ -276,35 +277,35 @@ def test_predict_before_set_image_and_bad_images(cfg):
 
 # ------------------------------------------------------------------ vocabulary
 def test_vocabulary_at_run_time_and_caching(cfg, scene, tmp_path, monkeypatch):
-    import ovsam.apis.predictor as mod
+    import ovsam.vocabulary.encoder as mod
     from ovsam.apis import OVSAMPredictor
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
     calls = []
-    real = mod.encode_class_names
+    real = mod.embed_synonyms
 
-    def counting(model, tok, names, **kw):
-        calls.append(list(names))
-        return real(model, tok, names, **kw)
+    def counting(model, tok, synonyms, *args, **kw):
+        calls.append(list(synonyms))
+        return real(model, tok, synonyms, *args, **kw)
 
-    monkeypatch.setattr(mod, 'encode_class_names', counting)
+    monkeypatch.setattr(mod, 'embed_synonyms', counting)
     p = OVSAMPredictor(build_tiny(cfg), clip_model_cfg=cfg.model.backbone.model_cfg, allow_random_text=True)
     p.set_image(scene)
     names = ['cat', 'dog,puppy', 'traffic light']
     p.set_vocabulary(names)
     assert p.class_names == names and p.num_classes == 3
-    assert calls == [names]
+    assert calls == [['cat', 'dog', 'puppy', 'traffic light']]  # each synonym embedded once
     out = p.predict(box=[10, 10, 100, 100])
     assert out.class_probs.shape == (1, 3) and out.class_names[0] in names
     # same content again: served from memory; a new order re-uses the per-class cache
     p.set_vocabulary(list(names))
     p.set_vocabulary(names[::-1])
-    assert calls == [names]
+    assert len(calls) == 1
     p.set_vocabulary(names + ['bird'])
-    assert calls == [names, ['bird']]
+    assert calls[1:] == [['bird']]
     # equal to embedding everything at once
-    model, tok = p._text_model()
-    direct = real(model, tok, names + ['bird'], progress=False)
+    model, tok = p.text_encoder.text_model
+    direct = mod.encode_class_names(model, tok, names + ['bird'], progress=False)
     assert torch.allclose(p.vocabulary_embeddings(), torch.nn.functional.normalize(direct, dim=-1), atol=1e-6)
     # nothing written anywhere without an explicit cache_dir
     assert not (tmp_path / 'home').exists() and not (tmp_path / 'xdg').exists()
@@ -382,9 +383,10 @@ def test_seen_classes_change_the_ensemble(predictor, scene):
     mask_logits = torch.ones(1, 1, 64, 64)
     head_logits = torch.tensor([[-6.6, -9.1, -11.5, 0.0]])
     boxes = torch.tensor([[8., 8., 120., 120.]])
-    a = predictor._ensemble(mask_logits, head_logits, boxes)
+    feats = predictor.image_state.feats
+    a = predictor.model.recognise(feats, mask_logits, head_logits, boxes)
     predictor.set_vocabulary(['circle', 'square', 'star'], seen_classes=['circle', 1])
-    b = predictor._ensemble(mask_logits, head_logits, boxes)
+    b = predictor.model.recognise(feats, mask_logits, head_logits, boxes)
     assert not torch.allclose(a[:, :2], b[:, :2])  # seen classes lean on the head now
     assert torch.allclose(a[:, 2:], b[:, 2:])  # 'star' and background unchanged
     with pytest.raises(ValueError, match='not in the vocabulary'):

@@ -226,35 +226,29 @@ def build_baseline(args, kind):
 
 # --------------------------------------------------------------------- workers
 def _ovsam_image(model, x, st):
+    from ovsam.models import ImageFeatures
     clip_feats = st('clip_backbone', model.backbone, x)
     embed = st('sam2clip_adapter', model.neck, clip_feats)
     fpn = st('fpn', model.fpn_features, clip_feats)
-    return clip_feats, embed, fpn
+    return ImageFeatures(tuple(clip_feats), embed, fpn)
 
 
-def decode_and_recognise(model, clip_feats, embed, fpn, prompts):
-    """The per-prompt part of OV-SAM inference from cached image features:
-    prompt encoding, CLIP2SAM decoding + recognition, frozen-CLIP region
-    scores and the ensemble (everything but resizing masks to the image)."""
-    import torch
-    from ovsam.models.ov_ensemble import open_vocab_ensemble
-    from ovsam.models.prompts import embed_prompts
+def decode_and_recognise(model, feats, prompts):
+    """The per-prompt part of OV-SAM inference from cached image features, as
+    the model computes it (:meth:`OVSAM.predict_prompts`: prompt encoding,
+    CLIP2SAM decoding + recognition, frozen-CLIP region scores, the ensemble
+    under the model's class split); everything but resizing masks to the image."""
+    from ovsam.models.prompts import box_tensor, embed_prompts
     sparse, dense, is_point = embed_prompts(model.pe, prompts, model.prompt_mode)
-    head = model.mask_decoder
-    idx = torch.zeros(sparse.shape[0], dtype=torch.long)
-    mask_logits, head_logits, mask_boxes = head(embed, model.pe.get_dense_pe(), sparse, dense, fpn, batch_idx=idx)
-    boxes = torch.where(is_point[:, None], mask_boxes, prompts.bboxes.float())
-    clip_logits = model.classify_with_clip(clip_feats[-1][:1], boxes)
-    seen, allowed = model._split_masks(head.num_classes, head_logits.device)
-    scores = open_vocab_ensemble(head_logits, clip_logits, seen, model.alpha, model.beta, allowed=allowed)
-    return mask_logits, scores
+    prompt_boxes = box_tensor(prompts) if 'bboxes' in prompts else None
+    out = model.predict_prompts(feats, sparse, dense, prompt_boxes, ~is_point)
+    return out.mask_logits, out.scores
 
 
 def set_fast_paths(model, enabled: bool):
-    """Every equivalent fast path of ``ovsam.models.fast_inference`` on or off."""
+    """Every fast path of ``ovsam.models.fast_inference.FAST_PATHS`` in or out."""
     from ovsam.models.fast_inference import optimize_for_inference
-    optimize_for_inference(model, fast_attention=enabled, fast_decoder=enabled, channels_last=enabled,
-                           fast_attention_pool=enabled, gemm_deconv=enabled)
+    optimize_for_inference(model, enabled)
 
 
 def worker_ovsam(args):
@@ -268,9 +262,8 @@ def worker_ovsam(args):
     res['matmul_gflops'] = matmul_probe()
 
     def run(st):
-        clip_feats, embed, fpn = _ovsam_image(model, x, st)
-        out = st('prompts', model.predict_single, clip_feats, embed, fpn, sample.gt_instances, meta)
-        return out
+        feats = _ovsam_image(model, x, st)
+        return st('prompts', model.predict_single, feats, sample.gt_instances, meta)
 
     with torch.inference_mode():
         for _ in range(args.warmup):
@@ -283,8 +276,9 @@ def worker_ovsam(args):
             embed, flops['sam2clip_adapter'] = count_flops(lambda: model.neck(clip_feats))
             fpn, flops['fpn'] = count_flops(lambda: model.fpn_features(clip_feats))
         _, executed_adapter = count_flops(lambda: model.neck(clip_feats))
-        ref, flops['prompts'] = count_flops(
-            lambda: model.predict_single(clip_feats, embed, fpn, sample.gt_instances, meta))
+        from ovsam.models import ImageFeatures
+        feats = ImageFeatures(tuple(clip_feats), embed, fpn)
+        ref, flops['prompts'] = count_flops(lambda: model.predict_single(feats, sample.gt_instances, meta))
         times = []
         stages = []
         for _ in range(args.repeats):
@@ -303,22 +297,21 @@ def worker_ovsam(args):
     n = args.decode_prompts
     _, many = make_inputs(args.image_size, n, seed=1)
     with torch.inference_mode():
-        feats = (clip_feats, embed, fpn)
         for _ in range(max(args.warmup, 1)):
-            decode_and_recognise(model, *feats, many.gt_instances)
-        _, f = count_flops(lambda: decode_and_recognise(model, *feats, many.gt_instances))
+            decode_and_recognise(model, feats, many.gt_instances)
+        _, f = count_flops(lambda: decode_and_recognise(model, feats, many.gt_instances))
         # The floor is set by the model's FLOPs, counted on the plain modules
         # (the fast paths fold projections away and execute fewer).
         if fast:
             set_fast_paths(model, False)
-            _, f_model = count_flops(lambda: decode_and_recognise(model, *feats, many.gt_instances))
+            _, f_model = count_flops(lambda: decode_and_recognise(model, feats, many.gt_instances))
             set_fast_paths(model, True)
         else:
             f_model = f
         ts = []
         for _ in range(max(args.repeats, 3)):
             t = time.perf_counter()
-            decode_and_recognise(model, *feats, many.gt_instances)
+            decode_and_recognise(model, feats, many.gt_instances)
             ts.append(time.perf_counter() - t)
     # measurements only: the floors are derived from the run's best probe in targets()
     res['decode'] = dict(num_prompts=n, time_s=median(ts), per_prompt_ms=median(ts) / n * 1e3,

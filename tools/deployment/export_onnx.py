@@ -59,8 +59,8 @@ def check_export(predictor, onnx_file: str, seed: int = 0) -> dict:
         points = np.stack([rng.uniform(0, w, (n, 2)), rng.uniform(0, h, (n, 2))], -1)
         for kw in (dict(box=boxes), dict(point_coords=points)):
             outs = sess.run(None, onnx_prompt_inputs(predictor, **kw))
-            ref = predictor.predict_torch(*predictor._prepare_prompts(kw.get('point_coords'), None,
-                                                                      kw.get('box'), None))
+            ref = predictor.predict_torch(*predictor.transform_prompts(kw.get('point_coords'), None,
+                                                                       kw.get('box'), None))
             worst['mask_logits'] = max(worst['mask_logits'],
                                        float(np.abs(outs[0] - ref['low_res_logits'].cpu().numpy()).max()))
             worst['class_scores'] = max(worst['class_scores'],
@@ -83,8 +83,7 @@ def main(argv=None):
     if pred.num_classes <= 0:
         raise SystemExit('the model has no vocabulary: pass --vocabulary')
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    export_prompt_model(pred.model, args.out, opset=args.opset, class_names=pred.class_names,
-                        seen=pred._seen, allowed=pred._allowed)
+    export_prompt_model(pred.model, args.out, opset=args.opset, class_names=pred.class_names)
     print(f'wrote {args.out} ({pred.num_classes} classes)')
     if args.check:
         diffs = check_export(pred, args.out)

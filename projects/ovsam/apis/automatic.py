@@ -21,6 +21,9 @@ from torchvision.ops.boxes import batched_nms, box_area
 
 from .predictor import OVSAMPredictor
 
+# (OVSAMPredictor knows nothing of this module: the generator is a user of the
+# predictor's public API, like any other.)
+
 __all__ = ['OVSAMAutomaticMaskGenerator']
 
 
@@ -113,10 +116,12 @@ class OVSAMAutomaticMaskGenerator:
         from segment_anything.utils.amg import (area_from_rle, box_xyxy_to_xywh, coco_encode_rle,
                                                 rle_to_mask)
         pred = self.predictor
-        pred._require_vocabulary()
+        if pred.num_classes <= 0:
+            raise RuntimeError('no vocabulary: set one on the predictor (set_vocabulary / set_vocabulary_spec) '
+                               'before generating labelled masks')
         if image is not None:
             pred.set_image(image, image_format)
-        pred._require_image()
+        pred.image_state  # raises when no image is set
         data = self._generate_masks()
         if self.min_mask_region_area > 0 and len(data['rles']) > 0:
             from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator
@@ -189,7 +194,9 @@ class OVSAMAutomaticMaskGenerator:
                 pred.restore_image_state(full_state)
             else:
                 x0, y0, x1, y1 = crop_box
-                pred._set_rgb(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                crop = image[y0:y1, x0:x1]
+                # the stored image is uint8, or float32 in 0..255 (set_image takes floats in 0..1)
+                pred.set_image(crop if crop.dtype == np.uint8 else crop / 255.0)
             data.cat(self._process_crop(crop_box, layer, (h, w)))
         pred.restore_image_state(full_state)
         if len(crop_boxes) > 1 and len(data['rles']) > 0:
@@ -233,7 +240,7 @@ class OVSAMAutomaticMaskGenerator:
                                                 is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
         pred = self.predictor
         oh, ow = orig_size
-        sx, sy = pred.image_state['meta']['scale_factor']
+        sx, sy = pred.scale_factor
         pts = torch.as_tensor(points, dtype=torch.float32)
         in_pts = (pts * pts.new_tensor([sx, sy])).to(pred.device)[:, None, :]
         labels = torch.ones(in_pts.shape[:2], dtype=torch.long, device=pred.device)

@@ -42,8 +42,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..models.common import masks_to_boxes
 
 INPUT_NAMES = ['image_embed', 'fpn_0', 'fpn_1', 'fpn_2', 'fpn_3', 'clip_c5', 'point_coords', 'point_labels',
                'mask_input', 'has_mask_input']
@@ -57,66 +58,31 @@ def roi_align_tv(feat: Tensor, rois: Tensor, output_size: int, spatial_scale: fl
     return roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
-def masks_to_boxes_dense(mask_logits: Tensor, scale: float) -> Tensor:
-    """Vectorised ``mmdet.structures.mask.mask2bbox(sigmoid > 0.5) * scale``.
-
-    Boxes (N, 4) are ``[x_min, y_min, x_max + 1, y_max + 1]`` of each mask in
-    (N, h, w) logits, ``[0, 0, 0, 0]`` for an empty mask.
-    """
-    m = mask_logits.sigmoid() > 0.5
-    n, h, w = m.shape
-    xs = torch.arange(w, device=m.device, dtype=torch.float32)
-    ys = torch.arange(h, device=m.device, dtype=torch.float32)
-    x_any = m.any(dim=1).to(torch.float32)  # (N, w)
-    y_any = m.any(dim=2).to(torch.float32)  # (N, h)
-    big = float(max(h, w) + 1)
-    x1 = (xs + (1 - x_any) * big).amin(dim=1)
-    y1 = (ys + (1 - y_any) * big).amin(dim=1)
-    x2 = (xs * x_any).amax(dim=1) + 1
-    y2 = (ys * y_any).amax(dim=1) + 1
-    nonempty = (x_any.amax(dim=1) > 0) & (y_any.amax(dim=1) > 0)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1) * nonempty.to(torch.float32)[:, None]
-    return boxes * scale
-
-
 class PromptSideModel(nn.Module):
     """The per-prompt part of an :class:`ovsam.models.OVSAM`, ONNX-friendly.
 
-    Same computation as :meth:`OVSAMPredictor.predict_torch` (and
-    :meth:`OVSAM.predict_single`) for one image, with the ensemble's class
-    split taken from ``seen`` / ``allowed`` (default: the model's).
+    The maths is the model's own (:meth:`CLIP2SAMHead.decode_masks`,
+    :meth:`CLIP2SAMHead.embed_roi_feats`, :meth:`OVSAM.recognition_boxes`,
+    :meth:`OVSAM.fuse` with the model's :meth:`OVSAM.class_split`); only the
+    operators that plain onnxruntime lacks are replaced: mmcv's RoIAlign by
+    torchvision's, mmdet's level-mapped RoI extractor by a masked sum over
+    levels, and the prompt encoder's padding by fixed-size inputs. Set the
+    vocabulary and the class split on the model before exporting.
     """
 
-    def __init__(self, model: nn.Module, seen: Optional[Sequence[int]] = None,
-                 allowed: Optional[Sequence[int]] = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if model.use_clip_ensemble and model.backbone.roi_size <= 0:
             raise NotImplementedError('ONNX export supports CLIP towers with an attention pool (ResNet); '
                                       'mask-pooled (ConvNeXt) CLIP ensembles are not exported')
+        if model.mask_decoder.num_classes <= 0:
+            raise RuntimeError('the model has no vocabulary: set one before exporting')
         self.pe = model.pe
         self.head = model.mask_decoder
         self.backbone = model.backbone
+        self._model = (model, )  # its methods, not a registered submodule
         self.use_clip_ensemble = bool(model.use_clip_ensemble)
-        self.alpha = float(model.alpha)
-        self.beta = float(model.beta)
         self.register_buffer('image_pe', model.pe.get_dense_pe().detach().clone(), persistent=False)
-        k = self.head.num_classes
-        if k <= 0:
-            raise RuntimeError('the model has no vocabulary: set one before exporting')
-        if seen is None and getattr(model, 'base_classes', None) is not None:
-            seen = model.base_classes
-            allowed = list(model.base_classes) + list(model.novel_classes)
-        seen_mask = torch.zeros(k + 1, dtype=torch.bool)
-        seen_mask[-1] = True
-        if seen:
-            seen_mask[list(seen)] = True
-        self.register_buffer('seen', seen_mask, persistent=False)
-        if allowed is not None:
-            allowed_mask = torch.zeros(k, dtype=torch.bool)
-            allowed_mask[list(allowed)] = True
-            self.register_buffer('allowed', allowed_mask, persistent=False)
-        else:
-            self.allowed = None
         roi = self.head.roi
         self.finest_scale = float(getattr(roi, 'finest_scale', 56))
         self.roi_layers = [(int(layer.output_size[0]), float(layer.spatial_scale), int(layer.sampling_ratio),
@@ -161,50 +127,31 @@ class PromptSideModel(nn.Module):
     def forward(self, image_embed: Tensor, fpn_0: Tensor, fpn_1: Tensor, fpn_2: Tensor, fpn_3: Tensor,
                 clip_c5: Tensor, point_coords: Tensor, point_labels: Tensor, mask_input: Tensor,
                 has_mask_input: Tensor):
-        head = self.head
+        model, head = self._model[0], self.head
         sparse = self.embed_points(point_coords, point_labels)
         dense = self.embed_masks(mask_input, has_mask_input)
         n = sparse.shape[0]
         mask_logits, label_out = head.decode_masks(image_embed.expand(n, -1, -1, -1), self.image_pe, sparse,
                                                    dense)
         scale = self.image_pe.shape[-1] * 16 / mask_logits.shape[-1]
-        mask_boxes = masks_to_boxes_dense(mask_logits[:, 0], scale)
+        mask_boxes = masks_to_boxes(mask_logits[:, 0], scale)
         zeros = torch.zeros_like(mask_boxes[:, :1])
-        rois = torch.cat([zeros, mask_boxes], dim=1)
-        embed = self._region_embed([fpn_0, fpn_1, fpn_2, fpn_3], rois, label_out)
-        head_logits = head.classifier(embed)
-        # prompt box: the corners labelled 2 and 3
+        roi_feats = self.roi_extract([fpn_0, fpn_1, fpn_2, fpn_3], torch.cat([zeros, mask_boxes], dim=1))
+        head_logits = head.classifier(head.embed_roi_feats(roi_feats, label_out))
+        # the prompt box: the corners labelled 2 and 3
         is_c1 = (point_labels == 2).to(point_coords.dtype)
         is_c2 = (point_labels == 3).to(point_coords.dtype)
         has_box = is_c1.amax(dim=1) > 0
-        c1 = (point_coords * is_c1[..., None]).sum(dim=1)
-        c2 = (point_coords * is_c2[..., None]).sum(dim=1)
-        prompt_boxes = torch.cat([c1, c2], dim=1)
-        boxes = torch.where(has_box[:, None], prompt_boxes, mask_boxes)
+        prompt_boxes = torch.cat([(point_coords * is_c1[..., None]).sum(dim=1),
+                                  (point_coords * is_c2[..., None]).sum(dim=1)], dim=1)
+        boxes = model.recognition_boxes(mask_boxes, prompt_boxes, has_box)
         if not self.use_clip_ensemble:
             return mask_logits, head_logits, boxes
-        c5 = clip_c5
-        clip_rois = torch.cat([zeros, boxes], dim=1)
         r = self.backbone.roi_size
-        clip_embed = self.backbone.head(roi_align_tv(self.backbone.clip_feature(c5), clip_rois, r, 1 / 32., 0,
-                                                     True))
-        clip_logits = head.classifier(clip_embed)
-        low = F.interpolate(mask_logits, c5.shape[-2:], mode='bilinear', align_corners=False)
-        valid = (low[:, 0] > 0).to(low.dtype).flatten(1).amax(dim=1) > 0
-        from ..models.ov_ensemble import open_vocab_ensemble
-        scores = open_vocab_ensemble(head_logits, clip_logits, self.seen, self.alpha, self.beta, valid=valid,
-                                     allowed=self.allowed)
-        return mask_logits, scores, boxes
-
-    def _region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
-        head = self.head
-        feats = head.roi_conv(self.roi_extract(fpn_feats, rois))
-        embed = feats.mean(dim=(2, 3))
-        if head.region_proj is not None:
-            embed = head.region_proj(embed)
-        if head.label_token_weight:
-            embed = embed + head.label_token_weight * head.label_mlp(label_out)
-        return embed
+        clip_feats = roi_align_tv(self.backbone.clip_feature(clip_c5), torch.cat([zeros, boxes], dim=1), r,
+                                  1 / 32., 0, True)
+        clip_logits = head.classifier(self.backbone.pool(clip_feats))
+        return mask_logits, model.fuse(head_logits, clip_logits, mask_logits, clip_c5.shape[-2:]), boxes
 
 
 # ------------------------------------------------------------------ inputs
@@ -246,22 +193,22 @@ def onnx_prompt_inputs(predictor, point_coords=None, point_labels=None, box=None
     Validates and transforms the prompts exactly as
     :meth:`OVSAMPredictor.predict` does.
     """
-    coords, labels, boxes, masks = predictor._prepare_prompts(point_coords, point_labels, box, mask_input)
-    st = predictor.image_state
+    coords, labels, boxes, masks = predictor.transform_prompts(point_coords, point_labels, box, mask_input)
+    feats = predictor.image_state.feats
     pc, pl = encode_prompts_for_onnx(None if coords is None else coords.cpu().numpy(),
                                      None if labels is None else labels.cpu().numpy(),
                                      None if boxes is None else boxes.cpu().numpy())
     n = pc.shape[0]
     size = predictor.mask_input_size
     feeds = {
-        'image_embed': st['image_embed'].cpu().numpy(),
-        'clip_c5': st['clip_feats'][-1].cpu().numpy(),
+        'image_embed': feats.image_embed.cpu().numpy(),
+        'clip_c5': feats.clip_feats[-1].cpu().numpy(),
         'point_coords': pc,
         'point_labels': pl,
         'mask_input': np.zeros((n, 1) + tuple(size), np.float32) if masks is None else masks.cpu().numpy(),
         'has_mask_input': np.array([0.0 if masks is None else 1.0], np.float32),
     }
-    for i, f in enumerate(st['fpn_feats']):
+    for i, f in enumerate(feats.fpn_feats):
         feeds[f'fpn_{i}'] = f.cpu().numpy()
     return feeds
 
@@ -271,7 +218,7 @@ def dummy_inputs(model: nn.Module, num_prompts: int = 2, num_points: int = 3) ->
     size = int(model.pe.input_image_size[0])
     with torch.no_grad():
         x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
-        clip_feats, image_embed, fpn_feats = model.extract_feat(x)
+        clip_feats, image_embed, fpn_feats = model.extract_feat(x)  # ImageFeatures
     g = torch.Generator().manual_seed(0)
     coords = torch.rand(num_prompts, num_points, 2, generator=g) * size
     labels = torch.ones(num_prompts, num_points)
@@ -282,16 +229,18 @@ def dummy_inputs(model: nn.Module, num_prompts: int = 2, num_points: int = 3) ->
 
 
 def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
-                        class_names: Optional[Sequence[str]] = None,
-                        seen: Optional[Sequence[int]] = None, allowed: Optional[Sequence[int]] = None) -> str:
+                        class_names: Optional[Sequence[str]] = None) -> str:
     """Write the prompt-side ONNX graph of ``model`` to ``out_file``.
+
+    The vocabulary and the class split of the ensemble are the model's
+    (baked in): set them first (e.g. through an ``OVSAMPredictor``).
 
     Dynamic axes: number of prompts N and points per prompt P. Uses
     PyTorch's TorchScript-based exporter (no ``onnxscript`` needed).
     """
     if opset < 16:
         raise ValueError('opset >= 16 is needed for the half-pixel (aligned) RoiAlign')
-    wrapper = PromptSideModel(model, seen=seen, allowed=allowed).eval()
+    wrapper = PromptSideModel(model).eval()
     args = tuple(dummy_inputs(model))
     dyn = {
         'point_coords': {0: 'num_prompts', 1: 'num_points'},

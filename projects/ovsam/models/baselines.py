@@ -18,7 +18,6 @@ pipelines and evaluators apply. Inference only.
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.structures import SampleList
@@ -27,54 +26,16 @@ from torch import Tensor
 
 from ..registry import MODELS, build_data_preprocessor
 from .classifier import TextClassifier
-from .ovsam import postprocess_masks
-from .prompt_encoder import SAMPromptEncoder
+from .common import FrozenMixin, masks_to_boxes, postprocess_masks
 from .prompts import check_prompts, embed_prompts
-from .sam_teacher import build_sam_image_encoder
+from .sam_parts import SAMParts, load_sam_parts
 
 # OpenAI CLIP's input normalisation (0-255 RGB).
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
 
-class SAMParts(nn.Module):
-    """SAM (``segment_anything``) under SAM's own state-dict names:
-    ``image_encoder``, ``prompt_encoder``, ``mask_decoder`` (4 mask tokens and
-    the IoU head), so ``sam_vit_{h,l,b}_*.pth`` and :class:`PromptableSAM`
-    checkpoints load strictly.
-
-    Args:
-        image_encoder: kwargs of :func:`build_sam_image_encoder` (``variant``
-            ``'vit_h'`` / ``'vit_l'`` / ``'vit_b'`` / ``'custom'`` ...).
-        prompt_encoder: kwargs of :class:`SAMPromptEncoder`.
-        decoder: ``transformer_dim``, ``depth``, ``mlp_dim``, ``num_heads``.
-    """
-
-    def __init__(self, image_encoder: Dict, prompt_encoder: Dict, decoder: Dict) -> None:
-        super().__init__()
-        from segment_anything.modeling import MaskDecoder, TwoWayTransformer
-        self.image_encoder = build_sam_image_encoder(**image_encoder)
-        pe_cfg = dict(prompt_encoder)
-        pe_cfg.pop('type', None)
-        self.prompt_encoder = SAMPromptEncoder(**pe_cfg)
-        d = decoder['transformer_dim']
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=d,
-            transformer=TwoWayTransformer(depth=decoder.get('depth', 2), embedding_dim=d,
-                                          mlp_dim=decoder.get('mlp_dim', 2048),
-                                          num_heads=decoder.get('num_heads', 8)))
-
-
-def load_sam_parts(sam: SAMParts, path: str) -> None:
-    """Strictly load a SAM checkpoint (``image_encoder.*``, ``prompt_encoder.*``,
-    ``mask_decoder.*``; anything else in the file, e.g. loss buffers, is ignored)."""
-    from ..checkpoint import load_sam_state_dict, load_state_dict_strict
-    sd = load_sam_state_dict(path)
-    parts = ('image_encoder.', 'prompt_encoder.', 'mask_decoder.')
-    load_state_dict_strict(sam, {k: v for k, v in sd.items() if k.startswith(parts)}, f'SAM {path!r}')
-
-
-class _SAMCLIPBaseline(BaseDetector):
+class _SAMCLIPBaseline(FrozenMixin, BaseDetector):
     """Shared prompting, SAM decoding and output of the two baselines.
 
     Args:
@@ -140,16 +101,12 @@ class _SAMCLIPBaseline(BaseDetector):
         self.allowed_classes = allowed
         self.register_buffer('clip_mean', torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer('clip_std', torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
+        self._freeze(True)  # inference-only
 
     def init_weights(self) -> None:
         # SAM / CLIP weights come from their files (loaded in __init__) or
         # their own initialisation; nothing to redo here.
         self._is_init = True
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # inference-only
 
     # ------------------------------------------------------------ helpers
     def clip_inputs(self, batch_inputs: Tensor) -> Tensor:
@@ -190,7 +147,7 @@ class _SAMCLIPBaseline(BaseDetector):
         b = prompts.bboxes
         return (b.tensor if hasattr(b, 'tensor') else b).float()
 
-    def region_embed(self, clip_inputs: Tensor, clip_context, index: int, masks: Tensor,
+    def clip_embed(self, clip_inputs: Tensor, clip_context, index: int, masks: Tensor,
                      boxes: Tensor) -> Tensor:
         """CLIP embeddings (N, D) of the regions; ``masks`` (N, H, W) bool and
         ``boxes`` (N, 4) are in the padded input frame."""
@@ -231,8 +188,7 @@ class _SAMCLIPBaseline(BaseDetector):
         masks_in = F.interpolate(logits, pad_shape, mode='bilinear', align_corners=False)[:, 0] > 0
         masks_in[:, ih:] = False
         masks_in[:, :, iw:] = False
-        from mmdet.structures.mask import mask2bbox
-        mask_boxes = mask2bbox(masks_in).float()
+        mask_boxes = masks_to_boxes(masks_in.float())
         prompt_boxes = self.prompt_boxes(prompts)
         empty = ~masks_in.flatten(1).any(dim=1)
         # an empty SAM mask has no box: look at the prompt box, or the whole image
@@ -240,7 +196,7 @@ class _SAMCLIPBaseline(BaseDetector):
             mask_boxes.new_tensor([0., 0., float(iw), float(ih)]).expand_as(mask_boxes)
         crop_boxes = torch.where(empty[:, None], fallback, mask_boxes)
 
-        embed = self.region_embed(clip_inputs, context, index, masks_in, crop_boxes)
+        embed = self.clip_embed(clip_inputs, context, index, masks_in, crop_boxes)
         logits_cls = self.classifier(embed)[:, :-1]  # CLIP has no background: drop the zero row
         if self.allowed_classes is not None:
             keep = torch.zeros(logits_cls.shape[1], dtype=torch.bool, device=device)
@@ -307,7 +263,7 @@ class SAMCropCLIP(_SAMCLIPBaseline):
         size = self.clip.image_size
         return roi_align(image.contiguous(), rois, (size, size), 1.0, 0, 'avg', True)  # mmcv ignores strides
 
-    def region_embed(self, clip_inputs, context, index, masks, boxes):
+    def clip_embed(self, clip_inputs, context, index, masks, boxes):
         image = clip_inputs[index:index + 1]
         out = []
         for start in range(0, len(boxes), self.crop_batch_size):
@@ -341,7 +297,7 @@ class SAMMaskPoolCLIP(_SAMCLIPBaseline):
     def clip_context(self, clip_inputs: Tensor) -> Tensor:
         return self.clip(clip_inputs)[-1]
 
-    def region_embed(self, clip_inputs, context, index, masks, boxes):
+    def clip_embed(self, clip_inputs, context, index, masks, boxes):
         c5 = context[index:index + 1]
         weights = F.interpolate(masks[:, None].float(), c5.shape[-2:], mode='area')[:, 0]
         empty = weights.flatten(1).sum(1) == 0

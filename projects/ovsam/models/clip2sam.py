@@ -5,6 +5,9 @@ token and, in front of it, a *label token*. Recognition pools the mmdet FPN buil
 on the CLIP levels inside each predicted mask's box (mmdet ``SingleRoIExtractor``),
 projects it to CLIP's embedding width and matches it to the text embeddings of
 the vocabulary (:class:`~ovsam.models.classifier.TextClassifier`).
+
+The CPU fast variant (:class:`ovsam.models.fast_inference.FastCLIP2SAMHead`) is a
+subclass swapped in by ``optimize_for_inference``.
 """
 import copy
 from typing import Dict, Optional, Sequence, Tuple
@@ -17,71 +20,12 @@ from torch import Tensor
 
 from ..registry import MODELS
 from .classifier import TextClassifier
-
-
-def build_sam_mask_decoder(transformer_dim: int = 256,
-                           depth: int = 2,
-                           mlp_dim: int = 2048,
-                           num_heads: int = 8) -> nn.Module:
-    """segment_anything's MaskDecoder with a single mask token and no IoU head.
-
-    OV-SAM predicts one mask per prompt and never scores it, so the IoU token
-    and head are dropped (they are absent from the released checkpoints).
-    """
-    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
-    decoder = MaskDecoder(
-        transformer_dim=transformer_dim,
-        transformer=TwoWayTransformer(depth=depth, embedding_dim=transformer_dim,
-                                      mlp_dim=mlp_dim, num_heads=num_heads),
-        num_multimask_outputs=0)
-    del decoder.iou_token
-    del decoder.iou_prediction_head
-    return decoder
-
-
-def masks_to_boxes(mask_logits: Tensor, scale: float) -> Tensor:
-    """Boxes (N, 4) xyxy of ``sigmoid > 0.5`` masks, scaled to the input frame.
-
-    An empty mask gives ``[0, 0, 0, 0]``.
-    """
-    from mmdet.structures.mask import mask2bbox
-    return mask2bbox(mask_logits.sigmoid() > 0.5) * scale
-
-
-def point_sampled_mask_losses(mask_logits: Tensor, gt_masks: Tensor, loss_mask, loss_dice, num_points: int,
-                              oversample_ratio: float = 3.0,
-                              importance_sample_ratio: float = 0.75) -> Dict[str, Tensor]:
-    """BCE and Dice on points chosen by mask uncertainty (PointRend / Mask2Former).
-
-    Args:
-        mask_logits: (N, 1, h, w) predicted logits.
-        gt_masks: (N, H, W) binary masks in the same (padded input) frame;
-            point coordinates are normalised, so resolutions may differ.
-        num_points: points per mask; 0 uses every pixel centre of the
-            prediction instead (deterministic, for reproducibility checks).
-    """
-    from mmcv.ops import point_sample
-    from mmdet.models.utils import get_uncertain_point_coords_with_randomness
-    from mmdet.utils import reduce_mean
-    n, _, h, w = mask_logits.shape
-    avg_factor = reduce_mean(mask_logits.new_tensor([float(n)])).clamp(min=1)
-    if num_points <= 0:
-        ys, xs = torch.meshgrid((torch.arange(h, device=mask_logits.device) + 0.5) / h,
-                                (torch.arange(w, device=mask_logits.device) + 0.5) / w, indexing='ij')
-        points = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(n, -1, -1).to(mask_logits.dtype)
-        num_points = h * w
-    else:
-        with torch.no_grad():
-            points = get_uncertain_point_coords_with_randomness(mask_logits, None, num_points, oversample_ratio,
-                                                                importance_sample_ratio)
-    pred = point_sample(mask_logits, points)
-    target = point_sample(gt_masks.to(mask_logits.dtype)[:, None], points)
-    return dict(loss_dice=loss_dice(pred, target, avg_factor=avg_factor),
-                loss_mask=loss_mask(pred.reshape(-1), target.reshape(-1), avg_factor=avg_factor * num_points))
+from .common import FrozenMixin, masks_to_boxes, point_sampled_mask_losses
+from .sam_parts import build_sam_mask_decoder
 
 
 @MODELS.register_module()
-class CLIP2SAMHead(BaseModule):
+class CLIP2SAMHead(FrozenMixin, BaseModule):
     """Prompted mask decoding and open-vocabulary recognition (official: OVSAMHead).
 
     Args:
@@ -106,25 +50,7 @@ class CLIP2SAMHead(BaseModule):
 
     Shapes: image embedding (B, 256, E, E), prompts (N, T, 256) ->
     mask logits (N, 1, 4E, 4E) and class logits (N, K + 1) (last = background).
-
-    ``shared_image_embed`` (attribute, default False; set by
-    :func:`ovsam.models.fast_inference.enable_fast_decoder`): when all prompts
-    belong to one image and share the dense embedding, decode against one copy
-    of the image embedding instead of one per prompt (equivalent output).
-    ``fast_upscaling`` (attribute, default False, same setter): the mask
-    upscaling head in token layout (equivalent output).
-    ``prompt_chunk`` (attribute, default 0 = all at once, same setter): with a
-    shared image embedding, decode the prompts in tiles of this many
-    (equivalent output, less memory traffic).
-    ``fast_transformer`` (attribute, default False, same setter): the two-way
-    transformer without projecting the image tokens when there are few prompt
-    tokens (:func:`ovsam.models.fast_inference.folded_two_way_transformer`).
     """
-
-    shared_image_embed = False
-    fast_upscaling = False
-    prompt_chunk = 0
-    fast_transformer = False
 
     def __init__(self,
                  transformer_dim: int = 256,
@@ -146,7 +72,7 @@ class CLIP2SAMHead(BaseModule):
                  sam_checkpoint: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=None)
-        self.mask_decoder = build_sam_mask_decoder(transformer_dim, depth, mlp_dim, num_heads)
+        self.mask_decoder = build_sam_mask_decoder(transformer_dim, depth, mlp_dim, num_heads, single_mask=True)
         self.label_token = nn.Embedding(1, transformer_dim)
         from segment_anything.modeling.mask_decoder import MLP
         self.label_mlp = MLP(transformer_dim, transformer_dim, embed_dim, 3)
@@ -172,12 +98,9 @@ class CLIP2SAMHead(BaseModule):
         self.loss_dice = MODELS.build(loss_dice) if loss_dice else None
         self._loss_cls = None
 
-        self.frozen = frozen
         self._pretrained = init_cfg
         self.sam_checkpoint = sam_checkpoint
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        self._freeze(frozen)
 
     def init_weights(self) -> None:
         """SAM's and ConvModule's own initialisation; then SAM's decoder and/or
@@ -191,12 +114,15 @@ class CLIP2SAMHead(BaseModule):
                                         self._pretrained.get('prefix', 'mask_decoder'))
         self._is_init = True
 
-    def train(self, mode: bool = True):
-        return super().train(False if self.frozen else mode)
-
     @property
     def num_classes(self) -> int:
         return self.classifier.num_classes
+
+    def decode_prompts(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
+                       batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """Masks and label-token outputs of N prompts on the images ``batch_idx``
+        (N,) of ``image_embed`` (B, C, E, E); see :meth:`decode_masks`."""
+        return self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
 
     def decode_masks(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor,
                      dense: Tensor) -> Tuple[Tensor, Tensor]:
@@ -206,61 +132,37 @@ class CLIP2SAMHead(BaseModule):
             image_embed: (N, C, E, E) image embedding of each prompt's image.
             image_pe: (1, C, E, E) dense positional encoding.
             sparse: (N, T, C) prompt tokens; dense: (N, C, E, E).
-        ``image_embed`` and ``dense`` may also have batch 1 (one image, the same
-        dense prompt for all N): the first decoder layer then works on one copy of
-        the image tokens instead of N (same result, see ``shared_image_embed``).
-
         Returns:
             mask logits (N, 1, 4E, 4E) and label-token output (N, C).
         """
-        n = sparse.shape[0]
-        chunk = self.prompt_chunk
-        if chunk > 0 and n > chunk and image_embed.shape[0] == 1 and dense.shape[0] == 1:
-            # Tile the prompts so each tile's per-prompt token maps (chunk x 4096
-            # x 256 floats) stay in cache: the decoder's layer norms, adds and
-            # layout copies are memory-bound, the GEMMs barely change.
-            outs = [self._decode(image_embed, image_pe, sparse[s:s + chunk], dense)
-                    for s in range(0, n, chunk)]
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        return self._decode(image_embed, image_pe, sparse, dense)
-
-    def _decode(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor,
-                dense: Tensor) -> Tuple[Tensor, Tensor]:
         dec = self.mask_decoder
         n = sparse.shape[0]
         tokens = torch.cat([self.label_token.weight, dec.mask_tokens.weight], dim=0)
         queries = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
         src = image_embed + dense
-        if src.shape[0] == 1 and n > 1:
-            # Shared image embedding (see ``shared_image_embed``): SAM's
-            # two-way transformer broadcasts batch-1 keys against N queries.
-            pos = image_pe
-        else:
-            pos = image_pe.expand(n, -1, -1, -1)
         _, c, h, w = src.shape
-        inner = dec.transformer.final_attn_token_to_image.internal_dim
-        if self.fast_transformer and queries.shape[1] * dec.transformer.num_heads <= inner:
-            # few prompt tokens: fold the image-side projections (see fast_inference)
-            from .fast_inference import folded_two_way_transformer
-            hs, src = folded_two_way_transformer(dec.transformer, src, pos, queries)
-        else:
-            hs, src = dec.transformer(src, pos, queries)
+        hs, src = dec.transformer(src, image_pe.expand(n, -1, -1, -1), queries)
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
-        if self.fast_upscaling:
-            from .fast_inference import upscale_and_predict_masks
-            return upscale_and_predict_masks(dec.output_upscaling, src, hyper, h, w), hs[:, 0]
         upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))
         b, c, h, w = upscaled.shape
         masks = (hyper.unsqueeze(1) @ upscaled.view(b, c, h * w)).view(b, 1, h, w)
         return masks, hs[:, 0]
 
     def region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
-        """Region embeddings (N, embed_dim) from FPN features inside ``rois`` (N, 5)."""
+        """CLIP2SAM's region embeddings (N, embed_dim), in CLIP's joint space: the
+        FPN features inside ``rois`` (N, 5) pooled by the RoI extractor, then
+        :meth:`embed_roi_feats`."""
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
         # and reads its input as contiguous NCHW whatever its strides: channels-last
         # features (the fast CPU path) must be made contiguous first.
-        feats = self.roi_conv(self.roi(tuple(f.float().contiguous() for f in fpn_feats), rois.float()))
-        embed = feats.mean(dim=(2, 3))
+        roi_feats = self.roi(tuple(f.float().contiguous() for f in fpn_feats), rois.float())
+        return self.embed_roi_feats(roi_feats, label_out)
+
+    def embed_roi_feats(self, roi_feats: Tensor, label_out: Tensor) -> Tensor:
+        """Pooled RoI features (N, 256, r, r) and label-token outputs (N, 256) ->
+        region embeddings (N, embed_dim): 1x1 conv + ReLU, spatial mean, the
+        optional projection, plus ``label_token_weight`` x the label MLP."""
+        embed = self.roi_conv(roi_feats).mean(dim=(2, 3))
         if self.region_proj is not None:
             embed = self.region_proj(embed)
         # Added even at weight 0 (the released setting): the label MLP then
@@ -289,18 +191,12 @@ class CLIP2SAMHead(BaseModule):
             mask logits (N, 1, 4E, 4E), class logits (N, K + 1) and the boxes
             (N, 4) used for recognition.
         """
-        n = sparse.shape[0]
         if batch_idx is None:
-            batch_idx = sparse.new_zeros(n, dtype=torch.long)
-        if self.shared_image_embed and n > 1 and bool((batch_idx == batch_idx[0]).all()) \
-                and (dense.shape[0] == 1 or dense.stride(0) == 0):
-            # Opt-in fast path: no per-prompt copy of the image embedding.
-            masks, label_out = self.decode_masks(image_embed[batch_idx[:1]], image_pe, sparse, dense[:1])
-        else:
-            masks, label_out = self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
+            batch_idx = sparse.new_zeros(sparse.shape[0], dtype=torch.long)
+        masks, label_out = self.decode_prompts(image_embed, image_pe, sparse, dense, batch_idx)
         if boxes is None:
             scale = image_pe.shape[-1] * 16 / masks.shape[-1]
-            boxes = masks_to_boxes(masks[:, 0], scale)
+            boxes = masks_to_boxes(masks[:, 0], scale)  # in the input frame
         rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
         embed = self.region_embed(fpn_feats, rois, label_out)
         return masks, self.classifier(embed), boxes

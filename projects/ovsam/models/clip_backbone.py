@@ -5,10 +5,15 @@ modules into ``stem / layer1..4 / head`` (the layout of the official release, so
 the official checkpoints load without renaming) and exposes
 
 * ``forward(x)``: the four feature levels C2..C5 (strides 4, 8, 16, 32);
-* ``region_embed(c5, rois)``: CLIP region embeddings for boxes (RoIAlign on C5
-  at CLIP's native grid, then the attention-pool head);
-* ``mask_embed(c5, masks)``: mask-pooled embeddings for towers without an
-  attention pool (ConvNeXt).
+* ``box_embed(c5, rois)``: frozen-CLIP embeddings of boxes (RoIAlign on C5 at
+  CLIP's native grid, then the attention-pool head);
+* ``mask_embed(c5, masks)``: frozen-CLIP embeddings of masks (mask pooling; the
+  way for towers without an attention pool, ConvNeXt).
+
+Both give vectors in CLIP's joint space, ready for the text classifier. (The
+CLIP2SAM head's own ``region_embed`` is the *trained* counterpart on the FPN.)
+The CPU fast variant (:class:`ovsam.models.fast_inference.FastOpenCLIPBackbone`)
+is a subclass swapped in by ``optimize_for_inference``.
 """
 from typing import Dict, Optional, Tuple
 
@@ -18,7 +23,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from ..registry import MODELS
-from .scratch import reuse_scratch
+from .common import FrozenMixin
 
 
 def resolve_clip_config(model_name: str, model_cfg: Optional[Dict] = None) -> Dict:
@@ -41,7 +46,7 @@ def resolve_clip_config(model_name: str, model_cfg: Optional[Dict] = None) -> Di
 
 
 @MODELS.register_module()
-class OpenCLIPBackbone(BaseModule):
+class OpenCLIPBackbone(FrozenMixin, BaseModule):
     """CLIP CNN image tower (open_clip ModifiedResNet or timm ConvNeXt).
 
     Args:
@@ -56,16 +61,8 @@ class OpenCLIPBackbone(BaseModule):
 
     Shapes (RN50x16, 1024x1024 input): ``forward`` returns
     ``(B,384,256,256), (B,768,128,128), (B,1536,64,64), (B,3072,32,32)``;
-    ``region_embed`` returns ``(N, 768)``.
-
-    ``channels_last`` (attribute, default False; set by
-    :func:`ovsam.models.fast_inference.enable_channels_last`): run the trunk
-    on channels-last activations (same maths, faster oneDNN convolutions).
+    ``box_embed`` and ``mask_embed`` return ``(N, 768)``.
     """
-
-    channels_last = False
-    #: see :func:`ovsam.models.fast_inference.enable_fast_attention_pool`
-    fast_attention_pool = False
 
     def __init__(self,
                  model_name: str = 'RN50x16',
@@ -110,13 +107,10 @@ class OpenCLIPBackbone(BaseModule):
                              'as OV-SAM backbones.')
         self.strides = (4, 8, 16, 32)
         self.image_size = vision_cfg.image_size
-        self.frozen = frozen
         if init_cfg is not None and (init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg):
             raise ValueError("OpenCLIPBackbone init_cfg must be dict(type='Pretrained', checkpoint=PATH)")
         self._pretrained = init_cfg
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        self._freeze(frozen)
 
     def init_weights(self) -> None:
         # open_clip's own initialisation, or the CLIP checkpoint (strict);
@@ -127,18 +121,12 @@ class OpenCLIPBackbone(BaseModule):
             load_clip_visual(self, self._pretrained['checkpoint'])
         self._is_init = True
 
-    def train(self, mode: bool = True):
-        return super().train(False if self.frozen else mode)
-
     def _trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with reuse_scratch():  # e.g. the folded conv weights of the fast path
-            x = self.avgpool(self.stem(x))
-            outs = []
-            for i in range(4):
-                x = getattr(self, f'layer{i + 1}')(x)
-                outs.append(x)
+        x = self.avgpool(self.stem(x))
+        outs = []
+        for i in range(4):
+            x = getattr(self, f'layer{i + 1}')(x)
+            outs.append(x)
         return tuple(outs)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -154,13 +142,10 @@ class OpenCLIPBackbone(BaseModule):
 
     def pool(self, feats: Tensor) -> Tensor:
         """CLIP's head on a (N, C5, g, g) grid at the head's native size -> (N, embed_dim)."""
-        if self.fast_attention_pool and self.tower_type == 'resnet':
-            from .fast_inference import attention_pool_first_token
-            return attention_pool_first_token(self.head, feats)
         return self.head(feats)
 
-    def region_embed(self, c5: Tensor, rois: Tensor) -> Tensor:
-        """CLIP embeddings of boxes.
+    def box_embed(self, c5: Tensor, rois: Tensor) -> Tensor:
+        """Frozen-CLIP embeddings of boxes.
 
         Args:
             c5: (B, C5, H/32, W/32) last feature level.
@@ -169,7 +154,7 @@ class OpenCLIPBackbone(BaseModule):
             (N, embed_dim) un-normalised CLIP region embeddings.
         """
         if self.tower_type != 'resnet':
-            raise RuntimeError('region_embed needs an attention-pool head; use mask_embed for ConvNeXt')
+            raise RuntimeError('box_embed needs an attention-pool head; use mask_embed for ConvNeXt')
         from mmcv.ops import roi_align
         # mmcv's RoIAlign is fp32-only (a no-op cast in fp32; needed under bf16 autocast)
         # and ignores strides: a channels-last C5 (the fast CPU trunk) is made contiguous.
@@ -178,7 +163,7 @@ class OpenCLIPBackbone(BaseModule):
         return self.pool(feats)
 
     def mask_embed(self, c5: Tensor, masks: Tensor) -> Tensor:
-        """CLIP embeddings of soft or binary masks by average pooling.
+        """Frozen-CLIP embeddings of soft or binary masks by average pooling.
 
         Args:
             c5: (1, C5, h, w) last level of one image.

@@ -1,78 +1,51 @@
-"""Opt-in inference fast paths that keep parameters, state-dict keys and (up to
-float rounding) outputs of the plain modules.
+"""CPU inference fast paths: subclasses of the plain modules, swapped in by one table.
 
-* :class:`FastBlock` — a drop-in for ``segment_anything``'s ViT ``Block`` (used by
-  the SAM2CLIP adapter and SAM's image encoder). Same submodules and weights;
-  the forward differs in *how* it computes, not *what*:
-
-  - attention runs through ``torch.nn.functional.scaled_dot_product_attention``
-    (the fused CPU flash kernel) with the decomposed relative-position bias
-    passed as a float ``attn_mask``; for global attention the queries are
-    processed in chunks so the bias never exists for all 4096x4096 pairs at once
-    (the plain path materialises the logits, the biased logits and the
-    probabilities, ~1 GiB each at 64x64 with 16 heads);
-  - windowed blocks pad 64x64 to 70x70 for 14x14 windows. The padded tokens are
-    zeros after ``norm1``, so their q/k/v are exactly the qkv bias: the qkv
-    projection runs on the 4096 real tokens only and one copy writes them into
-    window order with the bias as padding (:func:`windows_from_map`); one copy
-    brings the attention output back and crops it (:func:`map_from_windows`),
-    and the output projection runs on real tokens only (it is per-token, so
-    this commutes). Padded keys still take part in the edge windows' softmax,
-    as in the plain block;
-  - without autograd, the residual adds, the MLP's GELU and its second GEMM
-    (``addmm_``) update tensors the block itself allocated, and the large
-    temporaries (qkv map, windows, attention bias, MLP hidden map) are
-    :func:`~ovsam.models.scratch.scratch` buffers, reused across blocks inside
-    :func:`~ovsam.models.scratch.reuse_scratch` (``SAM2CLIPAdapter`` opens
-    one): every fresh activation-sized tensor costs page faults on first
-    touch, a large part of the adapter's non-GEMM time at 64x64x1280.
-
-  Swap in/out with :func:`enable_fast_attention`; the module's class changes,
-  nothing else (pickling and ``deepcopy`` keep working).
-
-* :func:`enable_channels_last` — the CLIP CNN trunk (and every other convolution)
-  in channels-last layout, the layout oneDNN's CPU convolutions run fastest in;
-  the maths is unchanged.
-
-* :func:`attention_pool_first_token` — CLIP's attention pool evaluated for the
-  one query whose output CLIP keeps (the mean token), with the key and value
-  projections folded into that query, so no grid cell is ever projected
-  (RN50x16 with a 12x12 RoI: ~0.2 instead of ~8 GFLOP per region). Switched
-  on per backbone by :func:`enable_fast_attention_pool`.
-
-* :func:`enable_folded_batchnorm` — the CLIP trunk's eval-mode batch norms
-  applied through the weights of the convolutions before them
-  (:class:`FoldedBNConv2d`): one pass over each activation map fewer (the
-  127 batch norms of RN50x16 took ~0.65 s of its ~6 s at 1024x1024).
-
-* :func:`enable_gemm_deconv` — SAM2CLIP's upsampling level projection (a
-  kernel=stride transposed convolution) as one GEMM + pixel shuffle.
-
-* :func:`enable_fast_decoder` — CLIP2SAM's decoder without copying the image
-  embedding once per prompt (``CLIP2SAMHead.shared_image_embed``), with the
-  prompts decoded in tiles of :data:`DEFAULT_PROMPT_CHUNK` so each tile's
-  64x64x256 token maps stay in cache (``CLIP2SAMHead.prompt_chunk``), with the
-  two-way transformer's attention to and from the image tokens folded into the
-  few prompt tokens (``CLIP2SAMHead.fast_transformer``,
-  :func:`folded_two_way_transformer`), and with the mask upscaling head in
-  token layout (``CLIP2SAMHead.fast_upscaling``, :func:`upscale_and_predict_masks`).
-
-Every switch applies to inference only where it matters: under autograd or
-autocast the in-place updates are skipped (the folded and fused forms stay
-differentiable and are tested against the plain gradients).
-:func:`optimize_for_inference` turns them all on; ``OVSAMPredictor`` does so
+The plain modules (``clip_backbone``, ``sam2clip``, ``clip2sam``, segment_anything's
+ViT ``Block``) compute as released and know nothing of this file. Each fast
+variant here is a subclass with the same parameters, buffers and state-dict
+keys whose forward differs in *how* it computes, not *what* (outputs equal up to
+float rounding; ``tests/test_performance_equivalence.py`` checks every one).
+:func:`optimize_for_inference` swaps the classes in place following
+:data:`FAST_PATHS` (and back with ``enabled=False``); ``OVSAMPredictor`` does so
 by default.
 
-Equivalence against the plain modules: ``tests/test_performance_equivalence.py``.
+==================  =====================================================================
+path                what changes
+==================  =====================================================================
+``attention``       ViT ``Block`` -> :class:`FastBlock`: SDPA with the decomposed
+                    rel-pos bias as ``attn_mask`` (global attention in query chunks),
+                    windowed blocks project only the real tokens and partition /
+                    unpartition in one copy, temporaries in reused scratch buffers.
+``clip_backbone``   :class:`FastOpenCLIPBackbone`: channels-last trunk (oneDNN's
+                    fastest convolution layout) and CLIP's attention pool evaluated
+                    for the one token CLIP keeps (:func:`attention_pool_first_token`).
+``folded_batchnorm`` the trunk's eval-mode batch norms applied through the weights of
+                    the convolutions before them (:class:`FoldedBNConv2d`).
+``channels_last``   every convolution weight channels-last.
+``adapter``         :class:`FastSAM2CLIPAdapter` (levels summed in place, one scratch
+                    scope for its blocks) and :class:`FastLevelProjection` (the
+                    kernel=stride transposed convolution as one GEMM).
+``decoder``         :class:`FastCLIP2SAMHead`: one image embedding shared by the
+                    prompts of an image, prompts decoded in tiles, the two-way
+                    transformer with the image-side projections folded away
+                    (:func:`folded_two_way_transformer`), mask upscaling in token
+                    layout (:func:`upscale_and_predict_masks`).
+==================  =====================================================================
+
+Under autograd or autocast the in-place updates are skipped (the folded and
+fused forms stay differentiable and are tested against the plain gradients).
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scratch import scratch
+from .clip2sam import CLIP2SAMHead
+from .clip_backbone import OpenCLIPBackbone
+from .sam2clip import LevelProjection, SAM2CLIPAdapter
+from .scratch import reuse_scratch, scratch
 
 try:  # segment_anything is a hard dependency of the models, but keep import errors readable
     from segment_anything.modeling.image_encoder import Block, get_rel_pos
@@ -248,65 +221,8 @@ def _inplace_ok() -> bool:
     return not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
 
 
-def enable_fast_attention(module: nn.Module, enabled: bool = True,
-                          query_chunk: Optional[int] = None) -> int:
-    """Swap every ``segment_anything`` ViT ``Block`` in ``module`` to :class:`FastBlock`
-    (or back with ``enabled=False``). Parameters and state-dict keys are untouched.
-
-    Returns the number of blocks switched.
-    """
-    n = 0
-    for m in module.modules():
-        if isinstance(m, Block):
-            m.__class__ = FastBlock if enabled else Block
-            if enabled and query_chunk is not None:
-                m.query_chunk = query_chunk
-            n += 1
-    return n
-
-
 #: Prompts decoded together by the fast decoder (their token maps fit in cache).
 DEFAULT_PROMPT_CHUNK = 2
-
-
-def enable_fast_decoder(module: nn.Module, enabled: bool = True,
-                        prompt_chunk: int = DEFAULT_PROMPT_CHUNK) -> int:
-    """Let every ``CLIP2SAMHead`` in ``module`` share one image embedding across
-    the prompts of an image instead of copying it per prompt, decode the prompts
-    in tiles of ``prompt_chunk``, run the two-way transformer with
-    :func:`folded_two_way_transformer` and upscale masks with
-    :func:`upscale_and_predict_masks`."""
-    from .clip2sam import CLIP2SAMHead
-    n = 0
-    for m in module.modules():
-        if isinstance(m, CLIP2SAMHead):
-            m.shared_image_embed = enabled
-            m.fast_upscaling = enabled
-            m.prompt_chunk = prompt_chunk if enabled else 0
-            m.fast_transformer = enabled
-            n += 1
-    return n
-
-
-def enable_channels_last(module: nn.Module, enabled: bool = True) -> int:
-    """Keep convolution weights and the CLIP trunk's activations channels-last
-    (or back to contiguous with ``enabled=False``).
-
-    Every ``OpenCLIPBackbone`` converts its input, so the trunk's convolutions,
-    batch norms and the feature levels it returns stay channels-last; other
-    convolutions (SAM2CLIP patch embeddings, FPN) follow the layout of their
-    input. Returns the number of CLIP trunks switched.
-    """
-    from .clip_backbone import OpenCLIPBackbone
-    fmt = torch.channels_last if enabled else torch.contiguous_format
-    n = 0
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            m.to(memory_format=fmt)
-        if isinstance(m, OpenCLIPBackbone):
-            m.channels_last = enabled
-            n += 1
-    return n
 
 
 class FoldedBNConv2d(nn.Conv2d):
@@ -368,11 +284,9 @@ def _conv_bn_pairs(module: nn.Module):
                 yield conv, bn
 
 
-def enable_folded_batchnorm(module: nn.Module, enabled: bool = True) -> int:
-    """Fold the eval-mode batch norms of every ResNet ``OpenCLIPBackbone``'s trunk
-    into the convolutions before them (:class:`FoldedBNConv2d`), or undo it.
-    Returns the number of (conv, BN) pairs switched."""
-    from .clip_backbone import OpenCLIPBackbone
+def _fold_batchnorms(module: nn.Module, enabled: bool) -> int:
+    """Fold (or unfold) the eval-mode batch norms of every ResNet CLIP trunk
+    into the convolutions before them. Returns the number of pairs switched."""
     seen = set()
     for m in module.modules():
         if not (isinstance(m, OpenCLIPBackbone) and m.tower_type == 'resnet'):
@@ -425,18 +339,6 @@ def attention_pool_first_token(pool: nn.Module, x: Tensor) -> Tensor:
     return F.linear(o, pool.c_proj.weight, pool.c_proj.bias)
 
 
-def enable_fast_attention_pool(module: nn.Module, enabled: bool = True) -> int:
-    """Let every ResNet ``OpenCLIPBackbone`` pool regions with
-    :func:`attention_pool_first_token`. Returns the number switched."""
-    from .clip_backbone import OpenCLIPBackbone
-    n = 0
-    for m in module.modules():
-        if isinstance(m, OpenCLIPBackbone) and m.tower_type == 'resnet':
-            m.fast_attention_pool = enabled
-            n += 1
-    return n
-
-
 def deconv_as_gemm(deconv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
     """A kernel=stride transposed convolution as one GEMM, channels-last out.
 
@@ -462,34 +364,6 @@ def deconv_as_gemm(deconv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
     if deconv.bias is not None:
         y = y + deconv.bias.to(y.dtype)
     return y
-
-
-def enable_gemm_deconv(module: nn.Module, enabled: bool = True) -> int:
-    """Let every SAM2CLIP level projection that upsamples (a transposed
-    convolution) run as :func:`deconv_as_gemm`. Returns the number switched."""
-    from .sam2clip import LevelProjection
-    n = 0
-    for m in module.modules():
-        if isinstance(m, LevelProjection) and isinstance(m.projection, nn.ConvTranspose2d):
-            m.gemm_deconv = enabled
-            if enabled:  # the GEMM reads the weight as (C_in, C_out*k*k): keep it contiguous
-                m.projection.to(memory_format=torch.contiguous_format)
-            n += 1
-    return n
-
-
-def optimize_for_inference(model: nn.Module, fast_attention: bool = True, fast_decoder: bool = True,
-                           query_chunk: Optional[int] = None, channels_last: bool = True,
-                           fast_attention_pool: bool = True, gemm_deconv: bool = True,
-                           folded_batchnorm: bool = True) -> nn.Module:
-    """Turn on the equivalent fast paths in place; returns ``model``."""
-    enable_fast_attention(model, fast_attention, query_chunk)
-    enable_fast_decoder(model, fast_decoder)
-    enable_channels_last(model, channels_last)
-    enable_fast_attention_pool(model, fast_attention_pool)
-    enable_gemm_deconv(model, gemm_deconv)
-    enable_folded_batchnorm(model, folded_batchnorm)
-    return model
 
 
 def upscale_and_predict_masks(upscaling: nn.Sequential, tokens: Tensor, hyper: Tensor, h: int, w: int) -> Tensor:
@@ -650,3 +524,169 @@ def folded_two_way_transformer(transformer: nn.Module, image_embedding: Tensor, 
                                 keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
     return queries, keys
+
+
+# ----------------------------------------------------------------------------
+# Fast subclasses of this project's plain modules
+# ----------------------------------------------------------------------------
+class FastOpenCLIPBackbone(OpenCLIPBackbone):
+    """:class:`OpenCLIPBackbone` with a channels-last trunk (inside one scratch
+    scope, which the folded convolution weights use) and CLIP's attention pool
+    computed for its kept token only (:func:`attention_pool_first_token`)."""
+
+    def _trunk(self, x: Tensor) -> Tuple[Tensor, ...]:
+        with reuse_scratch():
+            return super()._trunk(x.contiguous(memory_format=torch.channels_last))
+
+    def pool(self, feats: Tensor) -> Tensor:
+        if self.tower_type == 'resnet':
+            return attention_pool_first_token(self.head, feats)
+        return super().pool(feats)
+
+
+class FastLevelProjection(LevelProjection):
+    """:class:`LevelProjection` whose upsampling (transposed) convolution runs
+    as one GEMM + pixel shuffle (:func:`deconv_as_gemm`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.projection, nn.ConvTranspose2d):
+            return deconv_as_gemm(self.projection, x)
+        return super().forward(x)
+
+
+class FastSAM2CLIPAdapter(SAM2CLIPAdapter):
+    """:class:`SAM2CLIPAdapter` that sums its levels in place at inference and
+    runs its blocks in one :func:`reuse_scratch` scope (their temporaries are
+    shared by all blocks)."""
+
+    def forward(self, feats):
+        with reuse_scratch():
+            return super().forward(feats)
+
+    def embed_levels(self, feats) -> Tensor:
+        if not _inplace_ok():
+            return super().embed_levels(feats)
+        # The same sum, with the constant level and position embeddings added
+        # together: two passes over the 64x64x1280 map instead of eight.
+        x = None
+        for embed, f in zip(self.patch_embeds, feats):
+            y = embed(f)
+            x = y.contiguous() if x is None else x.add_(y)
+        return x.add_(self.pos_embed + self.level_encoding.weight.sum(0))
+
+
+class FastCLIP2SAMHead(CLIP2SAMHead):
+    """:class:`CLIP2SAMHead` decoding the prompts of one image against one copy
+    of its embedding, in tiles of :attr:`prompt_chunk` prompts (each tile's
+    token maps stay in cache), with :func:`folded_two_way_transformer` and
+    :func:`upscale_and_predict_masks`."""
+
+    prompt_chunk = DEFAULT_PROMPT_CHUNK
+
+    def decode_prompts(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
+                       batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
+        n = sparse.shape[0]
+        shared = n > 1 and bool((batch_idx == batch_idx[0]).all()) and (dense.shape[0] == 1
+                                                                         or dense.stride(0) == 0)
+        if not shared:
+            return self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
+        embed, dense = image_embed[batch_idx[:1]], dense[:1]
+        chunk = self.prompt_chunk
+        if 0 < chunk < n:
+            outs = [self.decode_masks(embed, image_pe, sparse[s:s + chunk], dense) for s in range(0, n, chunk)]
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return self.decode_masks(embed, image_pe, sparse, dense)
+
+    def decode_masks(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor,
+                     dense: Tensor) -> Tuple[Tensor, Tensor]:
+        """As the plain method; ``image_embed`` and ``dense`` may also have batch 1
+        for N prompts (one image, one dense prompt)."""
+        dec = self.mask_decoder
+        n = sparse.shape[0]
+        tokens = torch.cat([self.label_token.weight, dec.mask_tokens.weight], dim=0)
+        queries = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
+        src = image_embed + dense
+        pos = image_pe if src.shape[0] == 1 else image_pe.expand(n, -1, -1, -1)
+        _, c, h, w = src.shape
+        if queries.shape[1] * dec.transformer.num_heads <= dec.transformer.final_attn_token_to_image.internal_dim:
+            hs, src = folded_two_way_transformer(dec.transformer, src, pos, queries)
+        else:  # many prompt tokens: folding would cost more than it saves
+            hs, src = dec.transformer(src, pos, queries)
+        if src.shape[0] != n:
+            src = src.expand(n, -1, -1)
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
+        return upscale_and_predict_masks(dec.output_upscaling, src, hyper, h, w), hs[:, 0]
+
+
+# ----------------------------------------------------------------------------
+# The one swap table
+# ----------------------------------------------------------------------------
+def _swap_classes(pairs):
+    def apply(model: nn.Module, enabled: bool) -> int:
+        table = {plain: fast for plain, fast in pairs} if enabled else {fast: plain for plain, fast in pairs}
+        n = 0
+        for m in model.modules():
+            new = table.get(type(m))
+            if new is not None:
+                m.__class__ = new
+                n += 1
+        return n
+    return apply
+
+
+def _channels_last_weights(model: nn.Module, enabled: bool) -> int:
+    # the GEMM of a fast level projection reads its weight as (C_in, C_out*k*k)
+    gemm = {id(m.projection) for m in model.modules() if type(m) is FastLevelProjection}
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            last = enabled and id(m) not in gemm
+            m.to(memory_format=torch.channels_last if last else torch.contiguous_format)
+            n += 1
+    return n
+
+
+#: Every fast path, in the order they are applied: name -> ``apply(model, enabled) -> count``.
+FAST_PATHS = {
+    'attention': _swap_classes([(Block, FastBlock)]),
+    'clip_backbone': _swap_classes([(OpenCLIPBackbone, FastOpenCLIPBackbone)]),
+    'folded_batchnorm': _fold_batchnorms,
+    'adapter': _swap_classes([(SAM2CLIPAdapter, FastSAM2CLIPAdapter), (LevelProjection, FastLevelProjection)]),
+    'channels_last': _channels_last_weights,
+    'decoder': _swap_classes([(CLIP2SAMHead, FastCLIP2SAMHead)]),
+}
+
+#: The fast classes (what :func:`fast_modules` looks for).
+FAST_CLASSES = (FastBlock, FastOpenCLIPBackbone, FoldedBNConv2d, FoldedBatchNorm2d, FastSAM2CLIPAdapter,
+                FastLevelProjection, FastCLIP2SAMHead)
+
+
+def optimize_for_inference(model: nn.Module, enabled: bool = True, paths: Optional[Sequence[str]] = None,
+                           query_chunk: Optional[int] = None, prompt_chunk: Optional[int] = None) -> Dict[str, int]:
+    """Swap the fast paths of :data:`FAST_PATHS` in (or back out with
+    ``enabled=False``), in place, for every matching module of ``model``.
+
+    Args:
+        paths: a subset of :data:`FAST_PATHS` names (default: all).
+        query_chunk: query rows per chunk of the fast global attention.
+        prompt_chunk: prompts per tile of the fast decoder (0: all at once).
+    Returns:
+        how many modules each path switched.
+    """
+    names = list(FAST_PATHS) if paths is None else list(paths)
+    unknown = set(names) - set(FAST_PATHS)
+    if unknown:
+        raise ValueError(f'unknown fast paths {sorted(unknown)}; choose from {list(FAST_PATHS)}')
+    counts = {name: FAST_PATHS[name](model, enabled) for name in FAST_PATHS if name in names}
+    if enabled:
+        for m in model.modules():
+            if query_chunk is not None and isinstance(m, FastBlock):
+                m.query_chunk = query_chunk
+            if prompt_chunk is not None and isinstance(m, FastCLIP2SAMHead):
+                m.prompt_chunk = prompt_chunk
+    return counts
+
+
+def fast_modules(model: nn.Module) -> list:
+    """The modules of ``model`` currently running a fast path (empty: all plain)."""
+    return [m for m in model.modules() if isinstance(m, FAST_CLASSES)]

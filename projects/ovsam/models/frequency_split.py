@@ -4,7 +4,9 @@ The released LVIS model treats frequent + common classes as seen (``alpha``)
 and rare classes as unseen (``beta``) in the open-vocabulary ensemble. Which
 of the 1203 classes are rare is stated in the annotation file, so the split
 is read from there (lazily, at the first prediction) instead of being pasted
-into configs.
+into configs. Only :meth:`OVSAM.class_split` is overridden: every entry point
+(``tools/test.py``, the predictor, the ONNX export, the benchmark) asks the
+model for its split, so all of them follow.
 """
 from typing import Sequence
 
@@ -37,12 +39,16 @@ class OVSAMFrequencySplit(OVSAM):
         self.split_ann_file = split_ann_file
         self.base_frequencies = tuple(base_frequencies)
         self.novel_frequencies = tuple(novel_frequencies)
+        self._split_resolved = False  # read from the file at the first use
 
-    def resolve_split(self) -> None:
-        if self.base_classes is None:
-            self.base_classes = labels_of_frequencies(self.split_ann_file, self.base_frequencies)
-            self.novel_classes = labels_of_frequencies(self.split_ann_file, self.novel_frequencies)
+    def set_class_split(self, base_classes=None, novel_classes=None) -> None:
+        """An explicit split (e.g. for another vocabulary) replaces the file's."""
+        super().set_class_split(base_classes, novel_classes)
+        self._split_resolved = True
 
-    def _split_masks(self, num_classes: int, device):
-        self.resolve_split()
-        return super()._split_masks(num_classes, device)
+    def class_split(self, num_classes: int, device=None):
+        """The frequency split of ``split_ann_file`` (read once), then as :class:`OVSAM`."""
+        if not self._split_resolved:
+            self.set_class_split(labels_of_frequencies(self.split_ann_file, self.base_frequencies),
+                                 labels_of_frequencies(self.split_ann_file, self.novel_frequencies))
+        return super().class_split(num_classes, device)

@@ -1,12 +1,22 @@
-"""OVSAM: the open-vocabulary SAM detector (an mmdet model).
+"""OVSAM: the open-vocabulary SAM detector (an mmdet model), owner of the per-prompt maths.
 
-``backbone`` (frozen CLIP) -> ``neck`` (SAM2CLIP adapter) -> SAM image
-embedding; ``pe`` (SAM prompt encoder) encodes box/point prompts;
-``mask_decoder`` (CLIP2SAM head) predicts one mask and class logits per prompt
-from the embedding and an FPN (``fpn_neck``) over the CLIP levels; at test time
-the frozen-CLIP region scores are fused in (:mod:`.ov_ensemble`).
+Image side, once per image (:meth:`OVSAM.extract_feat`): ``backbone`` (frozen
+CLIP) -> ``neck`` (SAM2CLIP adapter) -> SAM image embedding, and ``fpn_neck``
+over the CLIP levels. Prompt side, for N prompts of one image:
+
+1. :meth:`OVSAM.decode` — ``pe`` (SAM prompt encoder) tokens -> ``mask_decoder``
+   (CLIP2SAM head): mask logits, head class logits, boxes of the masks;
+2. :meth:`OVSAM.recognise` — frozen-CLIP region logits on C5 over the box
+   recognition looks at (:meth:`OVSAM.recognition_boxes`) and the
+   open-vocabulary ensemble (:meth:`OVSAM.fuse`) under the model's class split
+   (:meth:`OVSAM.class_split`).
+
+:meth:`OVSAM.predict_prompts` runs both; ``predict`` (mmdet testing), the
+interactive predictor, the ONNX export and the benchmark all go through these
+methods, so a subclass that changes one (e.g. the class split of
+:class:`~ovsam.models.OVSAMFrequencySplit`) changes every entry point.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,17 +26,24 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..registry import MODELS, build_data_preprocessor
+from .common import postprocess_masks
 from .ov_ensemble import open_vocab_ensemble
-from .prompts import check_prompts, embed_prompts
+from .prompts import box_tensor, check_prompts, embed_prompts
 
 
-def postprocess_masks(mask_logits: Tensor, pad_shape: Tuple[int, int], img_shape: Tuple[int, int],
-                      ori_shape: Tuple[int, int]) -> Tensor:
-    """Low-res logits (N, 1, h, w) -> logits (N, 1, *ori_shape): to the padded
-    input, crop the padding, resize to the original image."""
-    x = F.interpolate(mask_logits, pad_shape, mode='bilinear', align_corners=False)
-    x = x[..., :img_shape[0], :img_shape[1]]
-    return F.interpolate(x, ori_shape, mode='bilinear', align_corners=False)
+class ImageFeatures(NamedTuple):
+    """What :meth:`OVSAM.extract_feat` computes once per image batch."""
+    clip_feats: Tuple[Tensor, ...]  #: frozen-CLIP levels C2..C5, (B, C_i, S/s_i, S/s_i)
+    image_embed: Tensor  #: SAM-style image embedding (B, 256, S/16, S/16) from SAM2CLIP
+    fpn_feats: Tuple[Tensor, ...]  #: FPN levels over the CLIP levels (CLIP2SAM's recognition)
+
+
+class PromptOutputs(NamedTuple):
+    """What :meth:`OVSAM.predict_prompts` returns for N prompts of one image."""
+    mask_logits: Tensor  #: (N, 1, 4E, 4E) low-res logits in the padded input frame
+    scores: Tensor  #: (N, K + 1) class scores (background last); softmax gives probabilities
+    boxes: Tensor  #: (N, 4) boxes recognition looked at, input frame
+    mask_boxes: Tensor  #: (N, 4) boxes of the predicted masks, input frame
 
 
 @MODELS.register_module()
@@ -45,9 +62,10 @@ class OVSAM(BaseDetector):
         prompt_mode: see :func:`ovsam.models.prompts.embed_prompts`.
         use_clip_ensemble: fuse frozen-CLIP region scores at test time.
         alpha / beta: CLIP weights for seen / unseen classes.
-        base_classes / novel_classes: class indices of the split. With a split,
-            base classes are "seen" and classes in neither are excluded; without
-            one every class counts as unseen (as in the released code).
+        base_classes / novel_classes: class indices of the split (see
+            :meth:`set_class_split`). Base classes are "seen"; with novel
+            classes too, classes in neither are excluded; without a split every
+            class counts as unseen (as in the released code).
         label_source: ``'ovsam'`` or ``'detector'`` (keep the proposal labels).
         data_preprocessor: :class:`OVSAMDataPreprocessor` config.
         checkpoints: local files of the official release to assemble the
@@ -89,10 +107,7 @@ class OVSAM(BaseDetector):
         self.alpha = alpha
         self.beta = beta
         self.label_source = label_source
-        self.base_classes = None if base_classes is None else list(base_classes)
-        self.novel_classes = None if novel_classes is None else list(novel_classes)
-        if (self.base_classes is None) != (self.novel_classes is None):
-            raise ValueError('give both base_classes and novel_classes, or neither')
+        self.set_class_split(base_classes, novel_classes)
         if checkpoints:
             from ..checkpoint import load_official_ovsam
             unknown = set(checkpoints) - {'clip', 'sam2clip', 'clip2sam', 'sam'}
@@ -101,11 +116,12 @@ class OVSAM(BaseDetector):
                                  'use clip, sam2clip, clip2sam, sam')
             load_official_ovsam(self, **{k: v for k, v in checkpoints.items() if v})
 
-    # ---------------------------------------------------------------- features
-    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tuple[Tensor, ...], Tensor, Tuple[Tensor, ...]]:
-        """Images (B, 3, S, S) -> CLIP levels, SAM image embedding (B, 256, S/16, S/16), FPN levels."""
-        clip_feats = self.backbone(batch_inputs)
-        return clip_feats, self.neck(clip_feats), self.fpn_features(clip_feats)
+    # ---------------------------------------------------------------- image side
+    def extract_feat(self, batch_inputs: Tensor) -> ImageFeatures:
+        """Images (B, 3, S, S) -> :class:`ImageFeatures` (CLIP levels, SAM image
+        embedding (B, 256, S/16, S/16), FPN levels)."""
+        clip_feats = tuple(self.backbone(batch_inputs))
+        return ImageFeatures(clip_feats, self.neck(clip_feats), self.fpn_features(clip_feats))
 
     def fpn_features(self, clip_feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """FPN levels in contiguous NCHW: convolutions may run channels-last
@@ -114,81 +130,146 @@ class OVSAM(BaseDetector):
         the one copy in the image-level stage, so their guard is a no-op."""
         return tuple(f.contiguous() for f in self.fpn_neck(clip_feats))
 
-    def _split_masks(self, num_classes: int, device) -> Tuple[Tensor, Optional[Tensor]]:
+    # ---------------------------------------------------------------- class split
+    def set_class_split(self, base_classes: Optional[Sequence[int]] = None,
+                        novel_classes: Optional[Sequence[int]] = None) -> None:
+        """Set the classes the head was trained on (``base_classes``: the
+        ensemble leans on the head, ``alpha``) and, optionally, the novel ones.
+
+        With ``novel_classes`` too, only base + novel classes can be predicted
+        (the others get -1000 after the fusion, as in the released COCO-OV and
+        LVIS evaluation). With neither, every class counts as unseen (``beta``),
+        as the released code does without a split.
+        """
+        if base_classes is None and novel_classes is not None:
+            raise ValueError('novel_classes without base_classes: give the base classes too')
+        self.base_classes = None if base_classes is None else [int(i) for i in base_classes]
+        self.novel_classes = None if novel_classes is None else [int(i) for i in novel_classes]
+
+    def class_split(self, num_classes: int, device=None) -> Tuple[Tensor, Optional[Tensor]]:
+        """The ensemble's split for a vocabulary of ``num_classes`` classes.
+
+        Returns:
+            ``seen`` (K + 1,) bool (True: base classes and background) and
+            ``allowed`` (K,) bool or None (None: every class can be predicted).
+        """
         seen = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
         seen[-1] = True
         allowed = None
+        for name, ids in (('base', self.base_classes), ('novel', self.novel_classes)):
+            if ids and max(ids) >= num_classes:
+                raise ValueError(f'{name} class index {max(ids)} >= vocabulary size {num_classes}: '
+                                 'the class split does not fit the vocabulary')
         if self.base_classes is not None:
-            for name, ids in (('base', self.base_classes), ('novel', self.novel_classes)):
-                if ids and max(ids) >= num_classes:
-                    raise ValueError(f'{name} class index {max(ids)} >= vocabulary size {num_classes}')
             seen[self.base_classes] = True
+        if self.novel_classes is not None:
             allowed = torch.zeros(num_classes, dtype=torch.bool, device=device)
             allowed[self.base_classes + self.novel_classes] = True
         return seen, allowed
 
-    def classify_with_clip(self, c5: Tensor, boxes: Tensor, batch_index: int = 0) -> Tensor:
-        """Frozen-CLIP logits (N, K + 1) for boxes (N, 4) of image ``batch_index``."""
-        idx = boxes.new_full((boxes.shape[0], 1), float(batch_index))
-        rois = torch.cat([idx, boxes], dim=1)
+    # ---------------------------------------------------------------- prompt side
+    def decode(self, feats: ImageFeatures, sparse: Tensor, dense: Tensor,
+               index: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+        """CLIP2SAM on N encoded prompts of image ``index``.
+
+        Args:
+            sparse: (N, T, 256) and dense: (N or 1, 256, E, E) prompt embeddings
+                (``self.pe``; see :func:`~ovsam.models.prompts.embed_prompts`).
+        Returns:
+            mask logits (N, 1, 4E, 4E), head logits (N, K + 1) and the boxes of
+            the masks (N, 4) in the input frame (``[0, 0, 0, 0]`` if empty).
+        """
+        batch_idx = torch.full((sparse.shape[0], ), index, dtype=torch.long, device=sparse.device)
+        return self.mask_decoder(feats.image_embed, self.pe.get_dense_pe(), sparse, dense, feats.fpn_feats,
+                                 batch_idx=batch_idx)
+
+    @staticmethod
+    def recognition_boxes(mask_boxes: Tensor, prompt_boxes: Optional[Tensor] = None,
+                          has_box: Optional[Tensor] = None) -> Tensor:
+        """Where frozen CLIP looks: the prompt box where the prompt has one,
+        else the predicted mask's box (never a ground-truth box)."""
+        if prompt_boxes is None:
+            return mask_boxes
+        if has_box is None:
+            return prompt_boxes.float()
+        return torch.where(has_box[:, None], prompt_boxes.float(), mask_boxes)
+
+    def clip_logits(self, c5: Tensor, boxes: Tensor, mask_logits: Tensor) -> Tensor:
+        """Frozen-CLIP class logits (N, K + 1) of one image's C5 (1, C5, h, w):
+        boxes (N, 4) pooled by RoIAlign + the attention pool, or, for towers
+        without one (ConvNeXt), the masks pooled on C5."""
         if self.backbone.roi_size > 0:
-            embed = self.backbone.region_embed(c5, rois)
+            rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
+            embed = self.backbone.box_embed(c5, rois)
         else:
-            raise NotImplementedError('mask-pooled CLIP embeddings: use classify_with_clip_masks')
+            low = F.interpolate(mask_logits, c5.shape[-2:], mode='bilinear', align_corners=False)
+            embed = self.backbone.mask_embed(c5, (low[:, 0] > 0).float())
         return self.mask_decoder.classifier(embed)
 
-    # ---------------------------------------------------------------- predict
-    def predict_single(self, clip_feats: Sequence[Tensor], image_embed: Tensor, fpn_feats: Sequence[Tensor],
-                       prompts: InstanceData, meta: dict, index: int = 0) -> InstanceData:
-        """Masks and labels for the prompts of image ``index`` of the batch.
+    def fuse(self, head_logits: Tensor, clip_logits: Tensor, mask_logits: Tensor,
+             clip_size: Tuple[int, int]) -> Tensor:
+        """The open-vocabulary ensemble under :meth:`class_split`.
 
-        ``prompts`` hold ``bboxes`` (N, 4) and/or ``point_coords`` (N, P, 2) in
-        the input frame. Returns masks at the original image size.
+        Where a mask is empty at CLIP's C5 resolution ``clip_size`` the head
+        alone decides. Returns (N, K + 1) scores (log of the fused probabilities;
+        classes outside an ``allowed`` split get -1000).
         """
+        low = F.interpolate(mask_logits, tuple(clip_size), mode='bilinear', align_corners=False)
+        valid = (low[:, 0] > 0).flatten(1).to(low.dtype).amax(dim=1) > 0  # .any(), traceable
+        seen, allowed = self.class_split(self.mask_decoder.num_classes, head_logits.device)
+        return open_vocab_ensemble(head_logits, clip_logits, seen, self.alpha, self.beta, valid=valid,
+                                   allowed=allowed)
+
+    def recognise(self, feats: ImageFeatures, mask_logits: Tensor, head_logits: Tensor, boxes: Tensor,
+                  index: int = 0) -> Tensor:
+        """Class scores (N, K + 1) of N decoded prompts of image ``index``: the
+        head's logits, fused with frozen CLIP's over ``boxes`` when
+        ``use_clip_ensemble`` (test time)."""
+        if not self.use_clip_ensemble:
+            return head_logits
+        c5 = feats.clip_feats[-1][index:index + 1]
+        return self.fuse(head_logits, self.clip_logits(c5, boxes, mask_logits), mask_logits, c5.shape[-2:])
+
+    def predict_prompts(self, feats: ImageFeatures, sparse: Tensor, dense: Tensor,
+                        prompt_boxes: Optional[Tensor] = None, has_box: Optional[Tensor] = None,
+                        index: int = 0) -> PromptOutputs:
+        """Decode and recognise N encoded prompts of image ``index`` (input frame).
+
+        ``prompt_boxes`` (N, 4): the prompts' boxes, if any; ``has_box`` (N,)
+        marks which rows are real boxes (default: all of them).
+        """
+        mask_logits, head_logits, mask_boxes = self.decode(feats, sparse, dense, index)
+        boxes = self.recognition_boxes(mask_boxes, prompt_boxes, has_box)
+        scores = self.recognise(feats, mask_logits, head_logits, boxes, index)
+        return PromptOutputs(mask_logits, scores, boxes, mask_boxes)
+
+    @staticmethod
+    def class_probs(scores: Tensor) -> Tensor:
+        """(N, K + 1) scores -> (N, K) probabilities over the vocabulary
+        (softmax with background, then background dropped)."""
+        return scores.softmax(-1)[:, :-1]
+
+    # ---------------------------------------------------------------- predict
+    def predict_single(self, feats: ImageFeatures, prompts: InstanceData, meta: dict,
+                       index: int = 0) -> InstanceData:
+        """Masks and labels for the prompts (``InstanceData`` with ``bboxes`` (N, 4)
+        and/or ``point_coords`` (N, P, 2) in the input frame) of image ``index``.
+        Returns masks at the original image size."""
         check_prompts(prompts, meta['img_shape'])
         sparse, dense, is_point = embed_prompts(self.pe, prompts, self.prompt_mode)
-        head = self.mask_decoder
-        n = sparse.shape[0]
-        batch_idx = torch.full((n, ), index, dtype=torch.long, device=sparse.device)
-        mask_logits, head_logits, mask_boxes = head(image_embed, self.pe.get_dense_pe(), sparse, dense,
-                                                    fpn_feats, batch_idx=batch_idx)
-        scores = head_logits
-        if self.use_clip_ensemble:
-            c5 = clip_feats[-1]
-            # CLIP looks at the prompt box where there is one, else at the
-            # predicted mask's box (never at ground truth).
-            if 'bboxes' in prompts:
-                prompt_boxes = prompts.bboxes.tensor if hasattr(prompts.bboxes, 'tensor') else prompts.bboxes
-                boxes = torch.where(is_point[:, None], mask_boxes, prompt_boxes.float())
-            else:
-                boxes = mask_boxes
-            if self.backbone.roi_size > 0:
-                clip_logits = self.classify_with_clip(c5[index:index + 1], boxes)
-            else:
-                low = F.interpolate(mask_logits, c5.shape[-2:], mode='bilinear', align_corners=False)
-                embed = self.backbone.mask_embed(c5[index:index + 1], (low[:, 0] > 0).float())
-                clip_logits = head.classifier(embed)
-            low = F.interpolate(mask_logits, c5.shape[-2:], mode='bilinear', align_corners=False)
-            valid = (low[:, 0] > 0).flatten(1).any(dim=1)
-            seen, allowed = self._split_masks(head.num_classes, scores.device)
-            scores = open_vocab_ensemble(head_logits, clip_logits, seen, self.alpha, self.beta,
-                                         valid=valid, allowed=allowed)
-        probs = scores.softmax(-1)[:, :-1]
+        prompt_boxes = box_tensor(prompts) if 'bboxes' in prompts else None
+        out = self.predict_prompts(feats, sparse, dense, prompt_boxes, ~is_point, index)
+        probs = self.class_probs(out.scores)
         label_scores, labels = probs.max(dim=-1)
 
-        masks = postprocess_masks(mask_logits, meta['batch_input_shape'], meta['img_shape'],
-                                  meta['ori_shape'])[:, 0] > 0
         results = InstanceData()
-        results.masks = masks
+        results.masks = postprocess_masks(out.mask_logits, meta['batch_input_shape'], meta['img_shape'],
+                                          meta['ori_shape'])[:, 0] > 0
         results.labels = labels
         results.scores = label_scores
         results.cls_scores = probs
-        scale = mask_boxes.new_tensor(meta.get('scale_factor', (1., 1.))).repeat(2)
-        if 'bboxes' in prompts:
-            b = prompts.bboxes.tensor if hasattr(prompts.bboxes, 'tensor') else prompts.bboxes
-            results.bboxes = b.float() / scale
-        else:
-            results.bboxes = mask_boxes / scale
+        scale = out.boxes.new_tensor(meta.get('scale_factor', (1., 1.))).repeat(2)
+        results.bboxes = (out.mask_boxes if prompt_boxes is None else prompt_boxes.float()) / scale
         if self.prompt_source == 'pred' and 'scores' in prompts:
             results.scores = prompts.scores
             if self.label_source == 'detector' and 'labels' in prompts:
@@ -196,27 +277,30 @@ class OVSAM(BaseDetector):
         return results
 
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
-        clip_feats, image_embed, fpn_feats = self.extract_feat(batch_inputs)
+        feats = self.extract_feat(batch_inputs)
         for i, sample in enumerate(batch_data_samples):
             prompts = sample.gt_instances if self.prompt_source == 'gt' else sample.pred_instances
-            meta = sample.metainfo
             if len(prompts) == 0:
-                empty = InstanceData()
-                h, w = meta['ori_shape']
-                empty.masks = torch.zeros(0, h, w, dtype=torch.bool, device=batch_inputs.device)
-                empty.labels = torch.zeros(0, dtype=torch.long, device=batch_inputs.device)
-                empty.scores = torch.zeros(0, device=batch_inputs.device)
-                empty.bboxes = torch.zeros(0, 4, device=batch_inputs.device)
-                sample.pred_instances = empty
-                continue
-            sample.pred_instances = self.predict_single(clip_feats, image_embed, fpn_feats, prompts, meta, i)
+                sample.pred_instances = self._empty_result(sample.metainfo['ori_shape'], batch_inputs.device)
+            else:
+                sample.pred_instances = self.predict_single(feats, prompts, sample.metainfo, i)
         return batch_data_samples
+
+    @staticmethod
+    def _empty_result(ori_shape, device) -> InstanceData:
+        empty = InstanceData()
+        h, w = ori_shape
+        empty.masks = torch.zeros(0, h, w, dtype=torch.bool, device=device)
+        empty.labels = torch.zeros(0, dtype=torch.long, device=device)
+        empty.scores = torch.zeros(0, device=device)
+        empty.bboxes = torch.zeros(0, 4, device=device)
+        return empty
 
     # ---------------------------------------------------------------- training
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """CLIP2SAM training: gt prompts (already sampled by the data
         preprocessor), recognition on ground-truth boxes."""
-        clip_feats, image_embed, fpn_feats = self.extract_feat(batch_inputs)
+        feats = self.extract_feat(batch_inputs)
         sparse_all, dense_all, idx_all, boxes_all, labels_all, masks_all = [], [], [], [], [], []
         has_masks = all('masks' in s.gt_instances for s in batch_data_samples)
         for i, sample in enumerate(batch_data_samples):
@@ -227,8 +311,7 @@ class OVSAM(BaseDetector):
             sparse_all.append(sparse)
             dense_all.append(dense)
             idx_all.append(torch.full((len(gt), ), i, dtype=torch.long, device=sparse.device))
-            b = gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes
-            boxes_all.append(b.float())
+            boxes_all.append(box_tensor(gt).float())
             labels_all.append(gt.labels)
             if has_masks:
                 m = gt.masks
@@ -241,12 +324,12 @@ class OVSAM(BaseDetector):
             zero = sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             return dict(loss_cls=zero, loss_mask=zero, loss_dice=zero)
         batch_idx = torch.cat(idx_all)
-        mask_logits, cls_logits, _ = head(image_embed, self.pe.get_dense_pe(), torch.cat(sparse_all),
-                                          torch.cat(dense_all), fpn_feats, batch_idx=batch_idx,
+        mask_logits, cls_logits, _ = head(feats.image_embed, self.pe.get_dense_pe(), torch.cat(sparse_all),
+                                          torch.cat(dense_all), feats.fpn_feats, batch_idx=batch_idx,
                                           boxes=torch.cat(boxes_all))
         gt_masks = torch.cat(masks_all) if has_masks else None
         return head.loss(mask_logits, cls_logits, torch.cat(labels_all), gt_masks)
 
     def _forward(self, batch_inputs: Tensor, batch_data_samples: SampleList = None):
-        clip_feats, image_embed, fpn_feats = self.extract_feat(batch_inputs)
-        return image_embed, fpn_feats
+        feats = self.extract_feat(batch_inputs)
+        return feats.image_embed, feats.fpn_feats

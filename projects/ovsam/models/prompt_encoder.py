@@ -9,10 +9,11 @@ from typing import Optional
 from segment_anything.modeling import PromptEncoder
 
 from ..registry import MODELS
+from .common import FrozenMixin
 
 
 @MODELS.register_module()
-class SAMPromptEncoder(PromptEncoder):
+class SAMPromptEncoder(FrozenMixin, PromptEncoder):
     """Encode points, boxes and low-res masks into sparse/dense embeddings.
 
     Args:
@@ -35,17 +36,11 @@ class SAMPromptEncoder(PromptEncoder):
                          image_embedding_size=(embedding_size, embedding_size),
                          input_image_size=(image_size, image_size),
                          mask_in_chans=mask_in_chans)
-        self.frozen = frozen
         self.sam_checkpoint = sam_checkpoint
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        self._freeze(frozen)
 
     def init_weights(self) -> None:
         if self.sam_checkpoint is not None:
             from ..checkpoint import load_module_from_checkpoint
             load_module_from_checkpoint(self, self.sam_checkpoint, 'prompt_encoder')
         self._is_init = True
-
-    def train(self, mode: bool = True):
-        return super().train(False if self.frozen else mode)

@@ -46,7 +46,8 @@ def check_prompts(instances: InstanceData, image_shape: Tuple[int, int]) -> None
                                   f'got {tuple(lab.shape)}')
 
 
-def _box_tensor(instances: InstanceData) -> Tensor:
+def box_tensor(instances: InstanceData) -> Tensor:
+    """The (N, 4) box tensor of ``instances.bboxes`` (a tensor or mmdet box type)."""
     b = instances.bboxes
     return b.tensor if hasattr(b, 'tensor') else b
 
@@ -90,19 +91,19 @@ def embed_prompts(pe, instances: InstanceData, mode: str = 'auto') -> Tuple[Tens
         return coords.float(), labels
 
     if mode == 'box':
-        sparse, dense = pe(None, _box_tensor(instances).float(), None)
+        sparse, dense = pe(None, box_tensor(instances).float(), None)
         is_point = torch.zeros(n, dtype=torch.bool, device=sparse.device)
     elif mode == 'point':
         sparse, dense = pe(points(), None, None)
         is_point = torch.ones(n, dtype=torch.bool, device=sparse.device)
     elif mode == 'box+point':
-        sparse, dense = pe(points(), _box_tensor(instances).float(), None)
+        sparse, dense = pe(points(), box_tensor(instances).float(), None)
         is_point = torch.zeros(n, dtype=torch.bool, device=sparse.device)
     elif mode == 'mixed':
         # A single point is padded with a "not a point" token, so box and point
         # prompts both give two tokens and can share one batch.
         is_point = instances.prompt_is_point.bool()
-        sp_box, dense = pe(None, _box_tensor(instances).float(), None)
+        sp_box, dense = pe(None, box_tensor(instances).float(), None)
         sp_pt, _ = pe(points(), None, None)
         if sp_pt.shape[1] != sp_box.shape[1]:
             raise PromptError('mixed prompts need exactly one point per prompt')

@@ -6,6 +6,10 @@ tagged with a learned level embedding and summed; SAM-style ViT blocks
 ``(B, 256, H/16, W/16)`` map that SAM's prompt encoder and mask decoder accept in
 place of SAM's own image embedding. It is trained by distillation from SAM's
 image encoder (stage 1).
+
+The CPU fast variants (:class:`ovsam.models.fast_inference.FastSAM2CLIPAdapter`,
+``FastLevelProjection``, ``FastBlock``) are subclasses swapped in by
+``optimize_for_inference``.
 """
 from functools import partial
 from typing import Optional, Sequence
@@ -16,7 +20,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from ..registry import MODELS
-from .scratch import reuse_scratch
+from .common import FrozenMixin
 
 
 class LevelProjection(nn.Module):
@@ -39,19 +43,13 @@ class LevelProjection(nn.Module):
             k = stride // target_stride
             self.projection = nn.ConvTranspose2d(in_channels, embed_dim, k, k)
 
-    #: see :func:`ovsam.models.fast_inference.enable_gemm_deconv`
-    gemm_deconv = False
-
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, h, w) -> (B, H/16, W/16, D) channels-last, as SAM's blocks expect."""
-        if self.gemm_deconv and isinstance(self.projection, nn.ConvTranspose2d):
-            from .fast_inference import deconv_as_gemm
-            return deconv_as_gemm(self.projection, x)
         return self.projection(x).permute(0, 2, 3, 1)
 
 
 @MODELS.register_module()
-class SAM2CLIPAdapter(BaseModule):
+class SAM2CLIPAdapter(FrozenMixin, BaseModule):
     """Multi-level transformer adapter (official name: MultiLayerTransformerNeck).
 
     Args:
@@ -63,9 +61,6 @@ class SAM2CLIPAdapter(BaseModule):
         depth / num_heads / mlp_ratio / window_size / global_attn_indexes:
             the SAM ViT blocks.
         frozen: freeze (stage 2 and inference).
-        fast_attention: use the fused, equivalent attention of
-            :class:`ovsam.models.fast_inference.FastBlock` in the ViT blocks
-            (same parameters and state-dict keys; inference speed-up).
         sam_checkpoint: a SAM ``.pth`` whose ``image_encoder.pos_embed``
             initialises the position embedding (stage 1 start).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix=...)``; the
@@ -88,7 +83,6 @@ class SAM2CLIPAdapter(BaseModule):
                  window_size: int = 14,
                  global_attn_indexes: Sequence[int] = (4, ),
                  frozen: bool = False,
-                 fast_attention: bool = False,
                  sam_checkpoint: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=None)
@@ -122,15 +116,9 @@ class SAM2CLIPAdapter(BaseModule):
         )
         self.embed_dim = embed_dim
         self.out_channels = out_channels
-        self.frozen = frozen
         self._pretrained = init_cfg
         self.sam_checkpoint = sam_checkpoint
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
-        if fast_attention:
-            from .fast_inference import enable_fast_attention
-            enable_fast_attention(self)
+        self._freeze(frozen)
 
     def init_weights(self) -> None:
         """Random level embeddings, SAM's position embedding, then (if given)
@@ -145,28 +133,19 @@ class SAM2CLIPAdapter(BaseModule):
             load_module_from_checkpoint(self, self._pretrained['checkpoint'], self._pretrained.get('prefix'))
         self._is_init = True
 
-    def train(self, mode: bool = True):
-        return super().train(False if self.frozen else mode)
-
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Four CLIP levels -> (B, out_channels, S/16, S/16)."""
         if len(feats) != len(self.patch_embeds):
             raise ValueError(f'SAM2CLIPAdapter expects {len(self.patch_embeds)} feature levels, '
                              f'got {len(feats)}')
-        if torch.is_grad_enabled() or torch.is_autocast_enabled('cpu'):
-            x = sum(embed(f) + self.level_encoding.weight[i]
-                    for i, (embed, f) in enumerate(zip(self.patch_embeds, feats)))
-            x = x + self.pos_embed
-        else:
-            # Inference: accumulate in place and add the (constant) level
-            # encodings and position embedding together: the same sum, two
-            # passes over the 64x64x1280 map instead of eight.
-            x = None
-            for embed, f in zip(self.patch_embeds, feats):
-                y = embed(f)
-                x = y.contiguous() if x is None else x.add_(y)
-            x.add_(self.pos_embed + self.level_encoding.weight.sum(0))
-        with reuse_scratch():  # the fast blocks' temporaries, shared by all blocks
-            for block in self.blocks:
-                x = block(x)
+        x = self.embed_levels(feats)
+        for block in self.blocks:
+            x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def embed_levels(self, feats: Sequence[Tensor]) -> Tensor:
+        """The adapter's input tokens (B, S/16, S/16, D): every level projected,
+        plus its level embedding, summed, plus the position embedding."""
+        x = sum(embed(f) + self.level_encoding.weight[i]
+                for i, (embed, f) in enumerate(zip(self.patch_embeds, feats)))
+        return x + self.pos_embed

@@ -14,10 +14,10 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..registry import MODELS, build_data_preprocessor
-from .clip2sam import point_sampled_mask_losses
-from .ovsam import postprocess_masks
+from .common import point_sampled_mask_losses, postprocess_masks
+from .prompt_encoder import SAMPromptEncoder
 from .prompts import check_prompts, embed_prompts
-from .sam_teacher import build_sam_image_encoder
+from .sam_parts import build_sam_image_encoder, build_sam_mask_decoder
 
 
 @MODELS.register_module()
@@ -39,19 +39,14 @@ class PromptableSAM(BaseModel):
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(data_preprocessor=build_data_preprocessor(data_preprocessor), init_cfg=init_cfg)
-        from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+        # SAM's own attribute names, so the state dict has SAM's key layout
         self.image_encoder = build_sam_image_encoder(**image_encoder)
         pe_cfg = dict(prompt_encoder)
         pe_cfg.pop('type', None)
         pe_cfg['frozen'] = False
-        from .prompt_encoder import SAMPromptEncoder
         self.prompt_encoder = SAMPromptEncoder(**pe_cfg)
-        d = decoder['transformer_dim']
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=d,
-            transformer=TwoWayTransformer(depth=decoder.get('depth', 2), embedding_dim=d,
-                                          mlp_dim=decoder.get('mlp_dim', 2048),
-                                          num_heads=decoder.get('num_heads', 8)))
+        self.mask_decoder = build_sam_mask_decoder(decoder['transformer_dim'], decoder.get('depth', 2),
+                                                   decoder.get('mlp_dim', 2048), decoder.get('num_heads', 8))
         self.loss_mask = MODELS.build(loss_mask)
         self.loss_dice = MODELS.build(loss_dice)
         self.num_points = num_points
