@@ -56,12 +56,12 @@ def _flops_plain_and_fast_block(bench, window, size):
     import torch.nn as nn
     from segment_anything.modeling.image_encoder import Block
 
-    from ovsam.models.fast_inference import enable_fast_attention
+    from ovsam.models.fast_inference import optimize_for_inference
     torch.manual_seed(0)
     plain = Block(64, 4, 4.0, True, partial(nn.LayerNorm, eps=1e-6), nn.GELU, True, True, window,
                   (size, size)).eval()
     fast = copy.deepcopy(plain)
-    enable_fast_attention(fast)
+    optimize_for_inference(fast, paths=['attention'])
     x = torch.randn(1, size, size, 64)
     with torch.inference_mode():
         _, f_plain = bench.count_flops(lambda: plain(x))
