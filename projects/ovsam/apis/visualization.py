@@ -42,8 +42,9 @@ def draw_predictions(image: np.ndarray,
         The drawn (H, W, 3) uint8 RGB image.
     """
     from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import mask2bbox
     from mmengine.structures import InstanceData
+
+    from ..models.common import masks_to_boxes
     img = np.ascontiguousarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)
                                if image.dtype != np.uint8 else image)
     if img.ndim == 2:
@@ -53,7 +54,7 @@ def draw_predictions(image: np.ndarray,
     if n:
         m = torch.as_tensor(np.asarray(masks, dtype=bool))
         keep = m.flatten(1).any(1)
-        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)) if boxes is not None else mask2bbox(m)
+        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)) if boxes is not None else masks_to_boxes(m.float())
         lab = torch.as_tensor(np.asarray(labels if labels is not None else np.zeros(n), dtype=np.int64))
         sc = torch.as_tensor(np.asarray(scores if scores is not None else np.ones(n), dtype=np.float32))
         names = list(class_names) if class_names else [f'class {i}' for i in range(int(lab.max()) + 1)]
