@@ -58,8 +58,8 @@ def test_backend_without_browser(scene):
     short = {s.split(',')[0] for s in SHAPE_CLASSES}
     assert len(label) == 5 and set(label) <= short
     assert f'last at ({x}, {y})' in status
-    drawn, label, status = backend.prompt(rgb, [], '10, 20, 120, 140', 'Custom', 'cat, dog, cup|mug')
-    assert set(label) == {'cat', 'dog', 'cup'} and backend.predictor.class_names[2] == 'cup,mug'
+    drawn, label, status = backend.prompt(rgb, [], '10, 20, 120, 140', 'Custom', 'cat\n# a comment\ndog\ncup,mug\n')
+    assert set(label) == {'cat', 'dog', 'cup'} and backend.predictor.class_names == ['cat', 'dog', 'cup,mug']
     assert 'box (10, 20, 120, 140)' in status
     drawn, label, status = backend.everything(rgb, 'COCO', '')
     assert backend.predictor.num_classes == 80 and drawn.shape == rgb.shape

@@ -7,9 +7,13 @@ Examples::
     python tools/gen_text_embeddings.py --classes coco \
         --clip-model RN50x16 --clip-checkpoint checkpoints/RN50x16.pt \
         --out data/embeddings/rn50x16_coco.pth
-    # any names, or a text file with one class per line
+    # any names (one class per argument; commas separate synonyms of one class)
     python tools/gen_text_embeddings.py --names "cup,mug" dog --clip-checkpoint ... --out my.pth
+    # a text file with one class per line ('#' lines are comments)
     python tools/gen_text_embeddings.py --classes my_classes.txt ...
+
+The classes are validated (no duplicates, ignoring case and spaces) and kept in
+the given order: label i of a dataset must be class i of its vocabulary.
 """
 import argparse
 import json
@@ -18,35 +22,25 @@ import sys
 
 
 def read_classes(spec: str):
-    """A dataset name (coco, coco-ov, lvis, shapes), a .txt (one per line) or a COCO .json."""
-    if osp.isfile(spec):
-        if spec.endswith('.json'):
-            with open(spec) as f:
-                cats = sorted(json.load(f)['categories'], key=lambda c: c['id'])
-            return [c['name'] for c in cats]
-        with open(spec) as f:
-            return [line.strip() for line in f if line.strip()]
-    name = spec.lower()
-    if name == 'coco':
-        from mmdet.datasets import CocoDataset
-        return list(CocoDataset.METAINFO['classes'])
-    if name == 'coco-ov':
-        from ovsam.datasets.coco_ov import COCO_OV_CLASSES, with_synonyms
-        return with_synonyms(COCO_OV_CLASSES)
-    if name == 'lvis':
-        from mmdet.datasets import LVISV1Dataset
-        return list(LVISV1Dataset.METAINFO['classes'])
-    if name == 'shapes':
-        from ovsam.datasets.shapes import SHAPE_CLASSES
-        return list(SHAPE_CLASSES)
-    raise SystemExit(f'--classes {spec!r}: not a file and not one of coco, coco-ov, lvis, shapes')
+    """Class names of ``--classes``: a built-in dataset name or a class file."""
+    from ovsam.vocabulary import BUILTIN_VOCABULARIES, is_builtin, resolve_vocabulary
+    if not (osp.isfile(spec) or is_builtin(spec)):
+        raise SystemExit(f'--classes {spec!r}: not a file and not one of {", ".join(BUILTIN_VOCABULARIES)}')
+    try:
+        vocab = resolve_vocabulary(spec)
+    except (ValueError, TypeError, OSError) as e:
+        raise SystemExit(f'--classes {spec!r}: {e}')
+    if vocab.class_names is None:
+        raise SystemExit(f'--classes {spec!r} is an embedding file; give class names')
+    return vocab.class_names
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--classes', help='coco | coco-ov | lvis | shapes | classes.txt | COCO annotations .json')
-    src.add_argument('--names', nargs='+', help='class names (synonyms separated by commas)')
+    src.add_argument('--classes', help='coco | coco-ov | lvis | shapes | classes.txt (one class per line) | '
+                                       'COCO annotations .json')
+    src.add_argument('--names', nargs='+', help='class names, one per argument (commas separate synonyms)')
     p.add_argument('--clip-model', default='RN50x16', help='open_clip model name')
     p.add_argument('--clip-cfg', help='json file with a custom open_clip model config (tiny models)')
     p.add_argument('--clip-checkpoint', help='local CLIP weights (.pt TorchScript, open_clip file)')
@@ -59,19 +53,21 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ovsam.clip_text import build_text_model
-    from ovsam.vocabulary import VILD_TEMPLATES, encode_class_names, save_text_embeddings
+    from ovsam.vocabulary import VILD_TEMPLATES, TextEncoder, check_class_names, save_text_embeddings
     names = args.names if args.names else read_classes(args.classes)
-    if not names:
-        raise SystemExit('empty vocabulary: no class names given')
+    try:
+        names = check_class_names(names)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(str(e))
     if args.clip_checkpoint is None and not args.allow_random_weights:
         raise SystemExit('--clip-checkpoint is required (or --allow-random-weights for tests)')
     cfg = None
     if args.clip_cfg:
         with open(args.clip_cfg) as f:
             cfg = json.load(f)
-    model, tokenizer = build_text_model(args.clip_model, cfg, args.clip_checkpoint)
-    emb = encode_class_names(model, tokenizer, names, batch_size=args.batch_size)
+    encoder = TextEncoder(args.clip_model, cfg, args.clip_checkpoint, allow_random=args.allow_random_weights,
+                          batch_size=args.batch_size)
+    emb = encoder.encode(names, progress=True)
     save_text_embeddings(args.out, emb, names, meta=dict(clip_model=args.clip_model,
                                                          clip_checkpoint=args.clip_checkpoint,
                                                          templates=len(VILD_TEMPLATES)))

@@ -10,9 +10,16 @@ Examples::
     python tools/demo/image_demo.py demo.jpg --config configs/_base_/models/ovsam_rn50x16.py \
         --checkpoint ovsam_coco.pth --vocabulary data/embeddings/rn50x16_coco.pth \
         --points 120,80 300,200 --out out.png
+    # the official release's LVIS file (a bare tensor: name its classes after it)
+    python tools/demo/image_demo.py demo.jpg ... --vocabulary checkpoints/RN50x16_LVISV1Dataset.pth lvis \
+        --everything --out out.png
     # any class names (embedded with the CLIP text tower), everything mode
     python tools/demo/image_demo.py demo.jpg ... --clip-checkpoint RN50x16.pt \
         --vocabulary cat dog "cup,mug" --everything --out out.png
+
+``--vocabulary`` takes one class per argument (commas inside one argument
+separate synonyms: ``"cup,mug"``), or one spec of
+:func:`ovsam.vocabulary.resolve_vocabulary`.
 
 Coordinates are pixels of the input image. Each ``--boxes`` item and each
 ``--points`` item is one prompt; join several points of one prompt with ``;``
@@ -50,8 +57,10 @@ def parse_args(argv=None):
     p.add_argument('--checkpoint', help='trained OV-SAM checkpoint; none = random weights')
     p.add_argument('--clip-checkpoint', help='CLIP weights to embed class names given as text')
     p.add_argument('--vocabulary', nargs='+', default=None,
-                   help='embedding .pth file, coco | lvis | shapes, .txt/.json class file, or class names '
-                        '(default: the config\'s vocabulary, shapes for the tiny model)')
+                   help='embedding .pth file (an official bare-tensor file followed by its class names, e.g. '
+                        'RN50x16_LVISV1Dataset.pth lvis), coco | coco-ov | lvis | shapes, a .txt (one class per '
+                        'line) / COCO .json class file, or class names, one per argument with commas separating '
+                        'synonyms (default: the config\'s vocabulary, shapes for the tiny model)')
     p.add_argument('--cache-dir', help='folder to cache text embeddings in (optional)')
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument('--boxes', nargs='+', type=parse_box, help='box prompts x1,y1,x2,y2')
@@ -88,7 +97,8 @@ def main(argv=None):
                                           clip_checkpoint=args.clip_checkpoint, vocabulary=args.vocabulary,
                                           cache_dir=args.cache_dir)
     if pred.num_classes <= 0:
-        raise SystemExit('no vocabulary: pass --vocabulary (embedding file, coco/lvis/shapes or names)')
+        raise SystemExit('no vocabulary: pass --vocabulary (embedding file, coco/coco-ov/lvis/shapes, a class file '
+                         'or names)')
     pred.set_image(image)
     names = pred.class_names
     records = []

@@ -11,7 +11,10 @@ Without ``--checkpoint`` it runs the tiny model with random weights (the page
 says so): everything works, but masks and labels are meaningless. Vocabularies:
 Shapes / COCO / LVIS (from ``--embeddings`` files if given, otherwise embedded
 with the CLIP text tower, which needs ``--clip-checkpoint`` for a real model)
-or a custom comma-separated list (``cat, dog, cup|mug``: ``|`` joins synonyms).
+or custom classes typed one per line, commas separating the synonyms of one
+class (``cup,mug``), as everywhere in :mod:`ovsam.vocabulary`. An official
+bare-tensor file works too: ``--embeddings lvis=RN50x16_LVISV1Dataset.pth``
+takes its class names from the built-in LVIS list.
 
 Needs gradio: ``pip install -c requirements/constraints.txt gradio``.
 """
@@ -64,7 +67,7 @@ class DemoBackend:
         return image
 
     def _ensure_vocab(self, choice: str, custom: str):
-        from ovsam.apis import builtin_class_names, parse_name_list
+        from ovsam.vocabulary import builtin_class_names, check_class_names, parse_class_lines
         choice = choice or self.choices[0]
         key = (choice, custom if choice == 'Custom' else None)
         if key == self._vocab_key:
@@ -75,11 +78,14 @@ class DemoBackend:
                 raise ValueError('the model has no vocabulary of its own')
             p.set_vocabulary(self.model_vocab[1], embeddings=self.model_vocab[0])
         elif choice == 'Custom':
-            p.set_vocabulary(parse_name_list(custom or ''))
+            names = parse_class_lines(custom or '')
+            if not names:
+                raise ValueError('type the custom classes, one per line (commas separate synonyms)')
+            p.set_vocabulary(check_class_names(names))
         else:
             name = choice.lower()
-            if name in self.embedding_files:
-                p.set_vocabulary_file(self.embedding_files[name])
+            if name in self.embedding_files:  # a bare official tensor is named by the built-in list
+                p.set_vocabulary_spec([self.embedding_files[name], name])
             else:
                 p.set_vocabulary(builtin_class_names(name))
         self._vocab_key = key
@@ -90,7 +96,7 @@ class DemoBackend:
         import numpy as np
 
         from ovsam.apis import draw_predictions
-        from ovsam.apis.vocabularies import short_name
+        from ovsam.vocabulary import short_name
         with self.lock:
             image = self._ensure_image(image)
             self._ensure_vocab(choice, custom)
@@ -125,7 +131,7 @@ class DemoBackend:
         import numpy as np
 
         from ovsam.apis import OVSAMAutomaticMaskGenerator, draw_predictions
-        from ovsam.apis.vocabularies import short_name
+        from ovsam.vocabulary import short_name
         with self.lock:
             image = self._ensure_image(image)
             self._ensure_vocab(choice, custom)
@@ -175,8 +181,8 @@ def build_app(backend: DemoBackend, random_model: bool):
                     clear_btn = gr.Button('Clear prompts', elem_id='clear_btn')
                 vocab = gr.Dropdown(backend.choices, value=backend.choices[0], label='Vocabulary',
                                     elem_id='vocab_choice')
-                custom = gr.Textbox(label='Custom classes (comma separated; | joins synonyms)',
-                                    placeholder='cat, dog, cup|mug', elem_id='custom_vocab')
+                custom = gr.Textbox(label='Custom classes (one class per line; commas separate synonyms)',
+                                    placeholder='cat\ndog\ncup,mug', lines=4, elem_id='custom_vocab')
             with gr.Column():
                 result = gr.Image(label='Result', type='numpy', interactive=False, elem_id='output_image')
                 label = gr.Label(num_top_classes=5, label='Class', elem_id='output_label')

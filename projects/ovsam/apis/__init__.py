@@ -5,13 +5,12 @@ and ONNX export of the prompt-side model.
 helpers live in :mod:`ovsam.apis.onnx_export` (imported on demand: they need
 ``onnx`` / ``onnxruntime`` only when used).
 """
+from ..vocabulary import builtin_class_names, match_class, resolve_vocabulary
 from .automatic import OVSAMAutomaticMaskGenerator
 from .predictor import OVSAMPrediction, OVSAMPredictor, PromptError, default_tiny_config, image_to_rgb
 from .visualization import draw_predictions
-from .vocabularies import builtin_class_names, match_class, parse_name_list, resolve_vocabulary
 
 __all__ = [
     'OVSAMAutomaticMaskGenerator', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError', 'builtin_class_names',
-    'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class', 'parse_name_list',
-    'resolve_vocabulary'
+    'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class', 'resolve_vocabulary'
 ]

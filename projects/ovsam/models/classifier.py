@@ -1,5 +1,5 @@
 """Open-vocabulary classifier: cosine similarity to CLIP text embeddings."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -15,10 +15,14 @@ class TextClassifier(nn.Module):
     embedding, so its logit is always 0.
 
     Args:
-        vocabulary: path of a text-embedding file written by
-            ``tools/gen_text_embeddings.py`` (see :mod:`ovsam.vocabulary`).
+        vocabulary: path of a text-embedding file: this project's (written by
+            ``tools/gen_text_embeddings.py``) or an official release's bare
+            ``[classes, synonyms, dim]`` tensor (see :mod:`ovsam.vocabulary`).
         num_classes: expected number of classes, checked against the file.
-        class_names: expected class names, checked against the file.
+        class_names: a list of names or a spec (``'coco'``, ``'lvis'``, a
+            ``.txt`` file with one class per line, ...): the names of a bare
+            tensor's rows, in order (required there); for this project's files
+            checked against the stored names, position by position.
         logit_scale: log of the temperature (4.6052 -> x100, CLIP's).
         embed_dim: embedding width, used before a vocabulary is set.
 
@@ -29,7 +33,7 @@ class TextClassifier(nn.Module):
     def __init__(self,
                  vocabulary: Optional[str] = None,
                  num_classes: Optional[int] = None,
-                 class_names: Optional[Sequence[str]] = None,
+                 class_names: Optional[Union[str, Sequence[str]]] = None,
                  logit_scale: float = 4.6052,
                  embed_dim: Optional[int] = None) -> None:
         super().__init__()
