@@ -3,7 +3,7 @@
 #   python tools/gen_text_embeddings.py --classes lvis --clip-model RN50x16 \
 #       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_lvis.pth
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/ovsam_runtime.py',
     './_base_/models/ovsam_rn50x16.py',
     './_base_/datasets/lvis_v1_norare_instance_lsj.py',
     './_base_/schedules/clip2sam_12e.py',

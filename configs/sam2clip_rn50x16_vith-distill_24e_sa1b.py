@@ -5,7 +5,7 @@
 #   python tools/dump_sam_features.py configs/sam2clip_rn50x16_vith-distill_24e_sa1b.py
 # and read from data/sa1b/sam_vith_features/; set model.teacher to a
 # SAMImageEncoder instead to run SAM-H live.
-_base_ = ['mmdet::_base_/default_runtime.py', './_base_/models/ovsam_rn50x16.py']
+_base_ = ['./_base_/ovsam_runtime.py', './_base_/models/ovsam_rn50x16.py']
 custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)
 
 clip_checkpoint = 'checkpoints/RN50x16.pt'

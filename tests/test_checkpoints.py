@@ -106,7 +106,16 @@ class Payload:
         return (os.system, ('echo pwned',))
 
 
-def test_pickle_payload_is_refused(tmp_path):
+@pytest.fixture
+def safe_mmengine():
+    """mmengine's loader routed through safe_load for one test (ovsam.engine)."""
+    from ovsam.engine import disable_safe_mmengine_checkpoints, enable_safe_mmengine_checkpoints
+    enable_safe_mmengine_checkpoints()
+    yield
+    disable_safe_mmengine_checkpoints()
+
+
+def test_pickle_payload_is_refused(tmp_path, safe_mmengine):
     from ovsam.checkpoint import CheckpointError, safe_load
     p = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'x': Payload()}, p)
@@ -118,12 +127,13 @@ def test_pickle_payload_is_refused(tmp_path):
         load_checkpoint(torch.nn.Linear(1, 1), str(p))
 
 
-def test_mmengine_checkpoint_meta_loads_weights_only(tmp_path):
+def test_mmengine_checkpoint_meta_loads_weights_only(tmp_path, safe_mmengine):
     """What mmengine's runner writes (message hub with HistoryBuffers of numpy
-    scalars, numpy dtypes) loads with weights_only=True once ovsam is imported."""
+    scalars, numpy dtypes) loads with weights_only=True through mmengine's own
+    loader once a run opts in (ovsam.engine), and through safe_load."""
     import numpy as np
-    import ovsam  # noqa: F401
     from mmengine.logging import MessageHub
+    from ovsam.checkpoint import safe_load
     from mmengine.runner import load_checkpoint
     hub = MessageHub.get_instance('ovsam_test_hub')
     hub.update_scalar('train/loss', np.float64(0.5))
@@ -137,6 +147,7 @@ def test_mmengine_checkpoint_meta_loads_weights_only(tmp_path):
     torch.save(ckpt, p)
     out = load_checkpoint(torch.nn.Linear(2, 2), str(p))
     assert out['meta']['iter'] == 3
+    assert safe_load(str(p))['meta']['seed'] == 7
     restored = MessageHub.get_instance('ovsam_test_hub_restored')
     restored.load_state_dict(out['meta']['message_hub'])
     assert restored.get_scalar('train/loss').current() == 0.5
@@ -164,7 +175,7 @@ def test_backbone_regrouping_reproduces_open_clip(tiny_cfg, tmp_path):
         ours = bb.head(bb(x)[-1])
         # region embedding of the whole image == CLIP's image embedding
         rois = torch.tensor([[0, 0, 0, s, s], [1, 0, 0, s, s]], dtype=torch.float32)
-        region = bb.region_embed(bb(x)[-1], rois)
+        region = bb.box_embed(bb(x)[-1], rois)
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.allclose(region, ref, atol=1e-4)
 

@@ -46,7 +46,9 @@ def main():
         vis['draw'] = True
         vis['test_out_dir'] = args.show_dir
 
-    import ovsam  # noqa: F401
+    import ovsam  # noqa: F401  (registries)
+    from ovsam.engine import enable_safe_mmengine_checkpoints
+    enable_safe_mmengine_checkpoints()  # weights-only loading, atomic checkpoint writes
     from ovsam.utils import setup_cpu_distributed
     setup_cpu_distributed(cfg, args.launcher)
 

@@ -52,7 +52,9 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    import ovsam  # noqa: F401  (safe checkpoint loading, registries)
+    import ovsam  # noqa: F401  (registries)
+    from ovsam.engine import enable_safe_mmengine_checkpoints
+    enable_safe_mmengine_checkpoints()  # weights-only loading, atomic checkpoint writes
     from ovsam.utils import setup_cpu_distributed
     setup_cpu_distributed(cfg, args.launcher)
 

@@ -1,12 +1,13 @@
 """Checkpoint loading: safe, offline, strict.
 
-* Every file is read with ``torch.load(weights_only=True)``. mmengine 0.10.7
-  calls ``torch.load`` without ``weights_only``; with torch >= 2.6 that means
-  weights-only unpickling, which rejects the few non-tensor objects mmengine
-  itself stores (message hub history, numpy scalars). :func:`allow_mmengine_checkpoints`
-  adds exactly those classes to torch's allow-list; nothing else is trusted,
-  and a file carrying any other pickled object is refused with
-  :class:`CheckpointError`.
+* Every file is read with ``torch.load(weights_only=True)``. Besides tensors,
+  mmengine's own checkpoints hold a few objects in their ``meta`` (message hub
+  history, numpy scalars and dtypes); :func:`safe_load` allows exactly those,
+  for the duration of its own ``torch.load`` only (a
+  ``torch.serialization.safe_globals`` context, nothing global), and refuses a
+  file carrying any other pickled object with :class:`CheckpointError`.
+  mmengine's runner (``load_from``, ``--resume``) goes through :func:`safe_load`
+  once a run opts in: :mod:`ovsam.engine`.
 * Loading into a module is strict: missing or unexpected keys, or shape
   mismatches, raise :class:`CheckpointError` listing them.
 * Converters read the formats users have: SAM ``sam_vit_*.pth``; CLIP from
@@ -28,9 +29,6 @@ class CheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------- safety
-_ALLOWED = False
-
-
 def _history_buffer_getattr(obj, name: str):
     """The only ``getattr`` mmengine checkpoints need.
 
@@ -45,29 +43,33 @@ def _history_buffer_getattr(obj, name: str):
     raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) in a checkpoint')
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Allow-list the classes mmengine writes into its checkpoints' ``meta``.
+_MMENGINE_SAFE_GLOBALS: Optional[list] = None
+
+
+def mmengine_safe_globals() -> list:
+    """The non-tensor objects mmengine writes into its checkpoints' ``meta``.
 
     Scoped to what mmengine's own ``save_checkpoint``/``resume`` need; numpy
     arrays and scalars appear through ``HistoryBuffer`` in the message hub.
+    The list is handed to ``torch.serialization.safe_globals`` by
+    :func:`safe_load`; it is never added to torch's global allow-list.
     """
-    global _ALLOWED
-    if _ALLOWED:
-        return
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    safe = [HistoryBuffer, np.dtype, np.ndarray, (_history_buffer_getattr, 'builtins.getattr')]
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    safe += [_reconstruct, scalar]
-    # dtype classes (np.dtypes.Float64DType, ...) used when pickling dtypes
-    dtypes = getattr(np, 'dtypes', None)
-    if dtypes is not None:
-        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
-    torch.serialization.add_safe_globals(safe)
-    _ALLOWED = True
+    global _MMENGINE_SAFE_GLOBALS
+    if _MMENGINE_SAFE_GLOBALS is None:
+        import numpy as np
+        from mmengine.logging import HistoryBuffer
+        safe = [HistoryBuffer, np.dtype, np.ndarray, (_history_buffer_getattr, 'builtins.getattr')]
+        try:  # numpy >= 2
+            from numpy._core.multiarray import _reconstruct, scalar
+        except ImportError:  # numpy 1.x
+            from numpy.core.multiarray import _reconstruct, scalar
+        safe += [_reconstruct, scalar]
+        # dtype classes (np.dtypes.Float64DType, ...) used when pickling dtypes
+        dtypes = getattr(np, 'dtypes', None)
+        if dtypes is not None:
+            safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
+        _MMENGINE_SAFE_GLOBALS = safe
+    return list(_MMENGINE_SAFE_GLOBALS)
 
 
 def safe_load(path: str, map_location='cpu'):
@@ -75,12 +77,12 @@ def safe_load(path: str, map_location='cpu'):
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint {path!r} does not exist (all checkpoints are read from '
                               'local paths; nothing is downloaded)')
-    allow_mmengine_checkpoints()
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(mmengine_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if _is_torchscript(path):
             raise CheckpointError(f'{path!r} is a TorchScript archive; load it with load_clip_visual / '
@@ -97,18 +99,6 @@ def _is_torchscript(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as z:
         return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
-
-
-def _mmengine_local_loader(filename, map_location):
-    filename = osp.expanduser(filename)
-    return safe_load(filename, map_location)
-
-
-def patch_mmengine_checkpoint_loader() -> None:
-    """Route mmengine's local checkpoint loading (``load_from``, ``resume``,
-    ``load_checkpoint``) through :func:`safe_load`."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', force=True)(_mmengine_local_loader)
 
 
 # ------------------------------------------------------------------ state dicts
@@ -322,36 +312,3 @@ def load_official_ovsam(model: nn.Module,
         module = getattr(model, module_name)
         load_state_dict_strict(module, sd, f'{files[source[module_name]]!r} -> {module_name}')
         module._is_init = True  # keep mmengine's init_weights off loaded weights
-
-
-# ------------------------------------------------------------------- writing
-def _atomic_write(data: bytes, filepath: str) -> None:
-    import os
-    d = osp.dirname(osp.abspath(filepath))
-    os.makedirs(d, exist_ok=True)
-    tmp = osp.join(d, f'.{osp.basename(filepath)}.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, filepath)
-
-
-def make_mmengine_local_writes_atomic() -> None:
-    """Write local files (checkpoints, ``last_checkpoint``) to a temporary name
-    and rename: a run killed mid-save leaves the previous checkpoint intact
-    instead of a truncated file that ``--resume`` would pick up."""
-    from mmengine.fileio import LocalBackend, register_backend
-
-    class AtomicLocalBackend(LocalBackend):
-
-        def put(self, obj: bytes, filepath) -> None:
-            _atomic_write(obj, str(filepath))
-
-        def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-            _atomic_write(obj.encode(encoding), str(filepath))
-
-    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
-    from mmengine.fileio import io as mmengine_io
-    for key in [k for k, v in mmengine_io.backend_instances.items() if type(v) is LocalBackend]:
-        del mmengine_io.backend_instances[key]

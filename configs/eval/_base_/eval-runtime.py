@@ -1,4 +1,5 @@
-# Runtime of the evaluation configs: mmdet's default runtime plus a test loop.
-_base_ = ['mmdet::_base_/default_runtime.py']
+# Runtime of the evaluation configs: ovsam's runtime (mmdet's default runtime
+# with safe checkpoint loading) plus a test loop.
+_base_ = ['../../_base_/ovsam_runtime.py']
 
 test_cfg = dict(type='TestLoop')
