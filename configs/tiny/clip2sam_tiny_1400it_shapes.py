@@ -26,10 +26,10 @@ val_evaluator = [
 ]
 test_evaluator = val_evaluator
 
-max_iters = 800
+max_iters = 1400
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min_ratio=0.01),
 ]
-default_hooks = dict(checkpoint=dict(interval=400))
+default_hooks = dict(checkpoint=dict(interval=700))

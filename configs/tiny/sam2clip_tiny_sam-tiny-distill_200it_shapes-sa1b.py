@@ -54,7 +54,7 @@ val_evaluator = None
 test_dataloader = None
 test_cfg = None
 test_evaluator = None
-max_iters = 300
+max_iters = 200
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),

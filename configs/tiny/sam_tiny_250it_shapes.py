@@ -26,5 +26,13 @@ model = dict(
                    loss_weight=5.0),
     num_points=1024)
 
+max_iters = 250
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min_ratio=0.01),
+]
+default_hooks = dict(checkpoint=dict(interval=max_iters))
+
 val_evaluator = [dict(type='PromptSegMetric')]
 test_evaluator = val_evaluator
