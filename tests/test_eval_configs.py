@@ -10,7 +10,7 @@ from mmengine.config import Config
 
 from conftest import ROOT
 from ovsam.checkpoint import CheckpointError
-from ovsam.datasets.coco_ov import COCO_OV_BASE_IDS, COCO_OV_NOVEL_IDS
+from ovsam.datasets.coco_ov import COCO_CLASSES, COCO_OV_BASE_IDS, COCO_OV_NOVEL_IDS
 from ovsam.registry import MODELS
 
 EVAL_DIR = osp.join(ROOT, 'configs', 'eval')
@@ -74,7 +74,7 @@ def test_ovsam_configs_point_at_the_release(name):
     ck = cfg.model.checkpoints
     for k, f in OFFICIAL.items():
         assert osp.basename(ck[k]) == f
-    dataset = 'lvis' if '_lvis_' in name else 'coco'
+    dataset = 'lvis' if name.endswith('_lvis.py') else 'coco'
     assert osp.basename(ck.clip2sam) == f'clip2sam_{dataset}_rn50x16.pth'
     with torch.device('meta'):
         model = MODELS.build(without_files(cfg.model))
@@ -96,9 +96,14 @@ def test_interactive_configs():
         assert cfg.model.prompt_source == 'gt'
         assert cfg.model.base_classes == list(COCO_OV_BASE_IDS)
         assert cfg.model.novel_classes == list(COCO_OV_NOVEL_IDS)
-        assert cfg.model.mask_decoder.classifier.num_classes == 65
-        assert len(cfg.test_dataloader.dataset.metainfo.classes) == 65
+        # the released label space: 80 COCO classes, 65 of them allowed
+        assert cfg.model.mask_decoder.classifier.num_classes == 80
+        assert osp.basename(cfg.model.mask_decoder.classifier.vocabulary) == 'rn50x16_coco.pth'
+        ds = cfg.test_dataloader.dataset
+        assert ds.type == 'CocoOVDataset' and ds.keep == 'all' and 'metainfo' not in ds
         assert cfg.test_evaluator.type == 'PromptSegMetric'
+        assert cfg.test_evaluator.base_classes == list(COCO_OV_BASE_IDS)
+        assert cfg.test_evaluator.novel_classes == list(COCO_OV_NOVEL_IDS)
         types = [t.type for t in cfg.test_dataloader.dataset.pipeline]
         # prompts (gt boxes / mask points) must be resized with the image
         assert types.index('LoadAnnotations') < types.index('Resize')
@@ -131,6 +136,35 @@ def test_detector_configs(name, metric):
     assert cfg.test_dataloader.dataset.pipeline[2].proposal_file == 'mine.json'
 
 
+@pytest.mark.parametrize('name', ['ovsam_rn50x16_box-prompt_coco-ov.py', 'sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py'])
+def test_coco_ov_models_allow_the_split_of_80_classes(name):
+    """Built from the config: 80 columns (+ background) normalised together,
+    the 65 split classes allowed, the 15 others not (DESIGN 1.7)."""
+    import numpy as np
+    cfg = load(name)
+    with torch.device('meta'):
+        model = MODELS.build(without_files(cfg.model))
+    if hasattr(model, 'class_split'):
+        seen, allowed = model.class_split(80)
+        assert seen.tolist() == [i in COCO_OV_BASE_IDS for i in range(80)] + [True]
+        allowed = np.flatnonzero(allowed.numpy()).tolist()
+    else:
+        allowed = model.allowed_classes
+    assert allowed == sorted(COCO_OV_BASE_IDS + COCO_OV_NOVEL_IDS) and len(allowed) == 65
+    outside = [COCO_CLASSES[i] for i in range(80) if i not in allowed]
+    assert len(outside) == 15 and 'traffic light' in outside and 'cat' not in outside
+
+
+def test_coco_ov_training_config():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'ovsam_coco.py'))
+    assert cfg.model.mask_decoder.classifier.num_classes == 80
+    assert cfg.model.base_classes == list(COCO_OV_BASE_IDS) and cfg.model.novel_classes == list(COCO_OV_NOVEL_IDS)
+    assert cfg.train_dataloader.dataset.type == 'CocoOVDataset' and cfg.train_dataloader.dataset.keep == 'base'
+    assert cfg.val_dataloader.dataset.keep == 'all'
+    assert [m.type for m in cfg.val_evaluator] == ['PromptSegMetric', 'CocoOVMetric']
+    assert cfg.default_hooks.safe_checkpoints.type == 'SafeCheckpointsHook'
+
+
 def test_baseline_configs():
     crop = load('sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py')
     pool = load('sam-clip-maskpool_vith-rn50x16_box-prompt_coco-ov.py')
@@ -139,7 +173,7 @@ def test_baseline_configs():
         assert osp.basename(cfg.model.sam.checkpoint) == 'sam_vit_h_4b8939.pth'
         assert cfg.model.clip.model_name == 'RN50x16'
         assert osp.basename(cfg.model.clip.init_cfg.checkpoint) == 'RN50x16.pt'
-        assert cfg.model.classifier.num_classes == 65
+        assert cfg.model.classifier.num_classes == 80
         assert cfg.test_evaluator == load('ovsam_rn50x16_box-prompt_coco-ov.py').test_evaluator
     assert (crop.model.type, pool.model.type) == ('SAMCropCLIP', 'SAMMaskPoolCLIP')
 

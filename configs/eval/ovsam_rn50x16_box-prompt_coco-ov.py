@@ -6,11 +6,13 @@
 #
 # The model is assembled from the official release files below (checkpoint
 # argument 'none'). The vocabulary file holds the CLIP text embeddings of the
-# 65 class names (with synonyms, ovsam.datasets.coco_ov.with_synonyms):
-#   python -c "from ovsam.datasets.coco_ov import *; print('\n'.join(with_synonyms(COCO_OV_CLASSES)))" \
-#       > data/embeddings/coco-ov.txt
-#   python tools/gen_text_embeddings.py --classes data/embeddings/coco-ov.txt \
-#       --clip-model RN50x16 --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco-ov.pth
+# 80 COCO classes (the released model's label space and normalisation; the 15
+# outside the split are set to -1000 after the fusion), with synonyms:
+#   python -c "from ovsam.datasets.coco_ov import COCO_CLASSES, with_synonyms; \
+#              print('\n'.join(with_synonyms(COCO_CLASSES)))" > data/embeddings/coco.txt
+#   python tools/gen_text_embeddings.py --classes data/embeddings/coco.txt --clip-model RN50x16 \
+#       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
+# or the released bare-tensor COCO file with classifier=dict(vocabulary=PATH, class_names='coco').
 _base_ = [
     '../_base_/models/ovsam_rn50x16.py',
     './_base_/eval-data_coco-ov_interactive.py',
@@ -24,7 +26,7 @@ model = dict(
     data_preprocessor=dict(eval_prompt='box'),
     base_classes={{_base_.coco_ov_base_ids}},
     novel_classes={{_base_.coco_ov_novel_ids}},
-    mask_decoder=dict(classifier=dict(vocabulary='data/embeddings/rn50x16_coco-ov.pth', num_classes=65)),
+    mask_decoder=dict(classifier=dict(vocabulary='data/embeddings/rn50x16_coco.pth', num_classes=80)),
     checkpoints=dict(
         clip=checkpoint_dir + 'RN50x16.pt',
         sam2clip=checkpoint_dir + 'sam2clip_vith_rn50x16.pth',

@@ -9,19 +9,21 @@
 # RESULTS: COCO results JSON ([{image_id, category_id, bbox xywh, score}]) or
 # an mmdet `tools/test.py --out` pickle of the detector. Labels: OV-SAM's own
 # (model.label_source='detector' keeps the detector's).
-# Vocabulary: python tools/gen_text_embeddings.py --classes coco --clip-model RN50x16 \
-#     --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
+# Vocabulary: the 80 COCO classes with synonyms, the file of the COCO-OV configs:
+#   python -c "from ovsam.datasets.coco_ov import COCO_CLASSES, with_synonyms; \
+#              print('\n'.join(with_synonyms(COCO_CLASSES)))" > data/embeddings/coco.txt
+#   python tools/gen_text_embeddings.py --classes data/embeddings/coco.txt --clip-model RN50x16 \
+#       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
+# or the released bare-tensor COCO file with classifier=dict(vocabulary=PATH, class_names='coco').
 _base_ = [
     '../_base_/models/ovsam_rn50x16.py',
     './_base_/eval-data_coco_detector.py',
 ]
 
-import mmdet.datasets.coco as _mmdet_coco  # noqa: E402  (modules are not kept in the config)
-import ovsam.datasets.coco_ov as _coco_ov  # noqa: E402
+import ovsam.datasets.coco_ov as _coco_ov  # noqa: E402  (modules are not kept in the config)
 
-coco_classes = _mmdet_coco.CocoDataset.METAINFO['classes']
-coco_base_ids = [i for i, c in enumerate(coco_classes) if c in _coco_ov.COCO_BASE_48]
-coco_unseen_ids = [i for i, c in enumerate(coco_classes) if c not in _coco_ov.COCO_BASE_48]
+coco_base_ids = list(_coco_ov.COCO_OV_BASE_IDS)
+coco_unseen_ids = [i for i in range(len(_coco_ov.COCO_CLASSES)) if i not in coco_base_ids]
 
 custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)
 

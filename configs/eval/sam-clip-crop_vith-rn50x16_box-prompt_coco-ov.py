@@ -1,6 +1,7 @@
 # Paper baseline (a): SAM ViT-H segments each ground-truth box; the crop of
 # the mask's box, resized to 384x384, is classified by the whole CLIP RN50x16
-# image tower against the 65 COCO-OV class names. Same data and metric as
+# image tower against the 80 COCO class names (the 15 outside the 48/17 split
+# cannot be predicted). Same data, vocabulary and metric as
 # ovsam_rn50x16_box-prompt_coco-ov.py.
 #
 #   python tools/test.py configs/eval/sam-clip-crop_vith-rn50x16_box-prompt_coco-ov.py none
@@ -29,7 +30,7 @@ model = dict(
         type='OpenCLIPBackbone',
         model_name='RN50x16',
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_dir + 'RN50x16.pt')),
-    classifier=dict(vocabulary='data/embeddings/rn50x16_coco-ov.pth', num_classes=65),
+    classifier=dict(vocabulary='data/embeddings/rn50x16_coco.pth', num_classes=80),
     clip_normalization='clip',
     prompt_source='gt',
     base_classes={{_base_.coco_ov_base_ids}},

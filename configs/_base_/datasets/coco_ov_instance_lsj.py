@@ -1,5 +1,8 @@
 # COCO open-vocabulary (48 base / 17 novel) instance segmentation at 1024 px.
-# Training: base classes only, large-scale jitter; evaluation: all 65 classes.
+# Labels index COCO's 80 classes (the released model's label space, see
+# ovsam.datasets.coco_ov). Training: the 48 base classes' instances only,
+# large-scale jitter; evaluation: the 65 classes' instances (the 15 classes
+# outside the split are dropped).
 dataset_type = 'CocoOVDataset'
 data_root = 'data/coco/'
 img_scale = (1024, 1024)

@@ -1,14 +1,19 @@
-# COCO val2017 restricted to the 65 classes of the open-vocabulary split
-# (48 base / 17 novel), interactive protocol: every ground-truth instance is
-# one prompt (its box, or a point from its mask), scored by PromptSegMetric.
+# COCO val2017, open-vocabulary split (48 base / 17 novel), interactive
+# protocol: every ground-truth instance of the 65 split classes is one prompt
+# (its box, or a point from its mask), scored by PromptSegMetric.
+#
+# Labels and the vocabulary are COCO's 80 classes, as in the released model:
+# its scores are softmaxed over all 80 + background columns and fused before
+# the 15 classes outside the split are set to -1000 (the model's base_classes
+# + novel_classes). CocoOVDataset keeps the 80-class metainfo and drops the
+# instances of those 15 classes; the split ids below index the 80 classes.
 _base_ = ['./eval-runtime.py']
 
 import ovsam.datasets.coco_ov as _coco_ov  # noqa: E402  (modules are not kept in the config)
 
-dataset_type = 'CocoDataset'
+dataset_type = 'CocoOVDataset'
 data_root = 'data/coco/'
 eval_image_size = 1024
-coco_ov_classes = _coco_ov.COCO_OV_CLASSES
 coco_ov_base_ids = list(_coco_ov.COCO_OV_BASE_IDS)
 coco_ov_novel_ids = list(_coco_ov.COCO_OV_NOVEL_IDS)
 
@@ -27,10 +32,10 @@ test_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
+        keep='all',
         data_root=data_root,
         ann_file='annotations/instances_val2017.json',
         data_prefix=dict(img='val2017/'),
-        metainfo=dict(classes=coco_ov_classes),
         test_mode=True,
         pipeline=test_pipeline))
 test_evaluator = dict(type='PromptSegMetric', base_classes=coco_ov_base_ids, novel_classes=coco_ov_novel_ids)
