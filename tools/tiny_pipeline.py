@@ -7,21 +7,18 @@ Stages (each cached in the work dir; re-running skips finished stages):
   data   generate the shapes data set (COCO format + SA-1B layout)
   sam    stage -1: a tiny SAM trained class-agnostically (no pretrained SAM exists here)
   clip   stage 0: a tiny CLIP trained contrastively on object crops and class names
-  vocab  text embeddings of the class names with the tiny CLIP (tools/gen_text_embeddings.py path)
+  vocab  text embeddings of the class names with the tiny CLIP (ovsam.vocabulary.TextEncoder)
   sam2clip  stage 1: distil the tiny SAM's image embedding into frozen CLIP + SAM2CLIP
   clip2sam  stage 2: CLIP2SAM (decoder, FPN, recognition) on the COCO-format data
   eval   held-out images, box and centre-point prompts: mIoU, accuracy, COCO mask AP
   show   a PNG of predictions with labels
 """
+import os.path as osp
+import sys
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/, home of the toy package
 
-def main():
-    from ovsam.toy_pipeline import Pipeline, pipeline_arg_parser
-    args = pipeline_arg_parser(__doc__).parse_args()
-    import torch
-    torch.set_num_threads(args.threads)
-    Pipeline(args).run()
-
+from toy.pipeline import Pipeline, main  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    main(Pipeline, __doc__)

@@ -14,15 +14,12 @@ compares on held-out images, with box and centre-point prompts:
 Writes toy_table.md / toy_table.json and predictions_novel.png. Every stage is
 cached; re-running resumes. About 15 minutes on 2 cores.
 """
+import os.path as osp
+import sys
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/, home of the toy package
 
-def main():
-    from ovsam.toy_pipeline import ToyReproduction, pipeline_arg_parser
-    args = pipeline_arg_parser(__doc__).parse_args()
-    import torch
-    torch.set_num_threads(args.threads)
-    ToyReproduction(args).run()
-
+from toy.pipeline import ToyReproduction, main  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    main(ToyReproduction, __doc__)

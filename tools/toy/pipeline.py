@@ -2,33 +2,27 @@
 
 Used by ``tools/tiny_pipeline.py`` (the README's main job) and
 ``tools/toy_reproduction.py`` (the paper's comparisons at toy scale). Every
-stage runs this project's real code paths: mmengine runner configs in
-``configs/tiny`` through ``tools/train.py``, checkpoints through the same
-loaders as the released files, vocabularies through
-``tools/gen_text_embeddings.py``.
+stage runs this project's real code paths, in this process: mmengine runner
+configs in ``configs/tiny`` (as ``tools/train.py`` runs them), checkpoints
+through the same loaders as the released files, vocabularies through
+``ovsam.vocabulary`` (what ``tools/gen_text_embeddings.py`` calls).
 """
 import json
 import os
 import os.path as osp
 import shutil
-import subprocess
 import sys
 import time
 
-
-
-def _project_root() -> str:
-    """The folder holding configs/ and tools/: the checkout for source and
-    editable installs, the package's .mim copy for wheels."""
-    pkg = osp.dirname(osp.realpath(__file__))
-    for cand in (osp.dirname(osp.dirname(pkg)), osp.join(pkg, '.mim')):
-        if osp.isdir(osp.join(cand, 'configs')) and osp.isdir(osp.join(cand, 'tools')):
-            return cand
-    raise FileNotFoundError('cannot find the configs/ and tools/ folders of ovsam')
-
-
-ROOT = _project_root()
+# tools/toy/pipeline.py -> the folder with configs/ and tools/ (a checkout, or
+# the package's .mim copy of both)
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CFG_DIR = osp.join(ROOT, 'configs', 'tiny')
+
+# What the main job must reach on held-out images (issue "Training"),
+# printed at the end of tools/tiny_pipeline.py.
+TARGET_MIOU = 0.6
+TARGET_ACCURACY = 0.8
 
 
 def log(msg):
@@ -91,7 +85,7 @@ class Pipeline:
         from mmengine.config import Config
         from mmengine.hooks import Hook
         from mmengine.runner import Runner
-        import ovsam  # noqa: F401  (registries, safe checkpoint loading)
+        import ovsam  # noqa: F401  (registries)
 
         out = sys.stdout
 
@@ -216,10 +210,15 @@ class Pipeline:
     def run_vocab(self):
         if self.done(self.vocab, self.clip_ckpt):
             return log('  cached')
-        cmd = [sys.executable, osp.join(ROOT, 'tools', 'gen_text_embeddings.py'), '--classes',
-               osp.join(self.data, 'annotations', 'instances_train.json'), '--clip-model', 'tiny', '--clip-cfg',
-               osp.splitext(self.clip_ckpt)[0] + '.json', '--clip-checkpoint', self.clip_ckpt, '--out', self.vocab]
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        from ovsam.vocabulary import VILD_TEMPLATES, TextEncoder, save_text_embeddings
+        with open(osp.join(self.data, 'annotations', 'instances_train.json')) as f:
+            names = [c['name'] for c in sorted(json.load(f)['categories'], key=lambda c: c['id'])]
+        with open(osp.splitext(self.clip_ckpt)[0] + '.json') as f:  # written by the clip stage
+            clip_cfg = json.load(f)
+        emb = TextEncoder(clip_model='tiny', clip_model_cfg=clip_cfg, clip_checkpoint=self.clip_ckpt).encode(names)
+        save_text_embeddings(self.vocab, emb, names, meta=dict(clip_model='tiny', clip_checkpoint=self.clip_ckpt,
+                                                               templates=len(VILD_TEMPLATES)))
+        log(f'  {emb.shape[0]} classes x {emb.shape[1]} synonyms x {emb.shape[2]} dims -> {self.vocab}')
 
     @property
     def sam2clip_ckpt(self):
@@ -314,7 +313,8 @@ class Pipeline:
         return out
 
     def run_show(self):
-        self.png = self.show(self.clip2sam_cfg('show.py'), self.ovsam_ckpt, range(4), 'predictions.png')
+        self.png = self.show(self.clip2sam_cfg('show.py'), self.ovsam_ckpt, range(min(4, self.args.num_val)),
+                             'predictions.png')
 
     def run(self):
         t0 = time.time()
@@ -332,11 +332,6 @@ class Pipeline:
             log(f"  {prompt:5s} prompts: mIoU {miou:.3f}  accuracy {acc:.3f}  "
                 f"mask AP {m.get('coco/segm_mAP', float('nan')):.3f}  "
                 f"(target mIoU >= {TARGET_MIOU}, accuracy >= {TARGET_ACCURACY}: {'met' if met else 'NOT met'})")
-
-
-# What the main job must reach on held-out images (issue "Training").
-TARGET_MIOU = 0.6
-TARGET_ACCURACY = 0.8
 
 # Toy versions of the tiny SAM and tiny CLIP in the baselines' config form.
 TINY_SAM_PARTS = dict(
@@ -476,3 +471,13 @@ class ToyReproduction(Pipeline):
             self.stage(name, getattr(self, f'run_{name}'))
         self.write_table()
         log(f'finished in {time.time() - t0:.0f} s; table: {osp.join(self.wd, "toy_table.md")}')
+
+
+def main(pipeline_cls, description: str) -> None:
+    """Entry point of tools/tiny_pipeline.py and tools/toy_reproduction.py."""
+    args = pipeline_arg_parser(description).parse_args()
+    import torch
+    from ovsam.engine import enable_safe_mmengine_checkpoints
+    torch.set_num_threads(args.threads)
+    enable_safe_mmengine_checkpoints()  # weights-only loading, atomic checkpoint writes
+    pipeline_cls(args).run()
