@@ -13,12 +13,7 @@
 #   checkpoints/RN50x16.pt                    OpenAI CLIP RN50x16 (TorchScript) or an open_clip file
 #   checkpoints/sam_vit_h_4b8939.pth          SAM ViT-H (prompt encoder, decoder initialisation)
 #   checkpoints/sam2clip_vith_rn50x16.pth     stage 1 (configs/sam2clip_rn50x16_vith-distill_24e_sa1b.py or the release)
-#   data/embeddings/rn50x16_coco.pth          the 80 COCO classes with synonyms:
-#   python -c "from ovsam.datasets.coco_ov import COCO_CLASSES, with_synonyms; \
-#              print('\n'.join(with_synonyms(COCO_CLASSES)))" > data/embeddings/coco.txt
-#   python tools/gen_text_embeddings.py --classes data/embeddings/coco.txt --clip-model RN50x16 \
-#       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
-# or the released bare-tensor COCO file with classifier=dict(vocabulary=PATH, class_names='coco').
+#   data/embeddings/rn50x16_coco.pth          the 80 COCO classes with synonyms (configs/README.md)
 _base_ = [
     './_base_/ovsam_runtime.py',
     './_base_/models/ovsam_rn50x16.py',

@@ -7,12 +7,8 @@
 # The model is assembled from the official release files below (checkpoint
 # argument 'none'). The vocabulary file holds the CLIP text embeddings of the
 # 80 COCO classes (the released model's label space and normalisation; the 15
-# outside the split are set to -1000 after the fusion), with synonyms:
-#   python -c "from ovsam.datasets.coco_ov import COCO_CLASSES, with_synonyms; \
-#              print('\n'.join(with_synonyms(COCO_CLASSES)))" > data/embeddings/coco.txt
-#   python tools/gen_text_embeddings.py --classes data/embeddings/coco.txt --clip-model RN50x16 \
-#       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
-# or the released bare-tensor COCO file with classifier=dict(vocabulary=PATH, class_names='coco').
+# outside the split are set to -1000 after the fusion), with synonyms; how to
+# make it: configs/README.md (vocabulary files).
 _base_ = [
     '../_base_/models/ovsam_rn50x16.py',
     './_base_/eval-data_coco-ov_interactive.py',

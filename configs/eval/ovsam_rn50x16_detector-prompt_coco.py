@@ -9,12 +9,8 @@
 # RESULTS: COCO results JSON ([{image_id, category_id, bbox xywh, score}]) or
 # an mmdet `tools/test.py --out` pickle of the detector. Labels: OV-SAM's own
 # (model.label_source='detector' keeps the detector's).
-# Vocabulary: the 80 COCO classes with synonyms, the file of the COCO-OV configs:
-#   python -c "from ovsam.datasets.coco_ov import COCO_CLASSES, with_synonyms; \
-#              print('\n'.join(with_synonyms(COCO_CLASSES)))" > data/embeddings/coco.txt
-#   python tools/gen_text_embeddings.py --classes data/embeddings/coco.txt --clip-model RN50x16 \
-#       --clip-checkpoint checkpoints/RN50x16.pt --out data/embeddings/rn50x16_coco.pth
-# or the released bare-tensor COCO file with classifier=dict(vocabulary=PATH, class_names='coco').
+# Vocabulary: the 80 COCO classes with synonyms, the file of the COCO-OV configs
+# (configs/README.md says how to make it).
 _base_ = [
     '../_base_/models/ovsam_rn50x16.py',
     './_base_/eval-data_coco_detector.py',
