@@ -14,6 +14,7 @@
   OpenAI (TorchScript ``.pt``) or open_clip (state dicts, ``.safetensors``);
   the official OV-SAM releases; this project's own mmengine checkpoints.
 """
+import functools
 import os.path as osp
 import pickle
 import zipfile
@@ -43,33 +44,28 @@ def _history_buffer_getattr(obj, name: str):
     raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) in a checkpoint')
 
 
-_MMENGINE_SAFE_GLOBALS: Optional[list] = None
-
-
-def mmengine_safe_globals() -> list:
+@functools.lru_cache(maxsize=None)
+def mmengine_safe_globals() -> tuple:
     """The non-tensor objects mmengine writes into its checkpoints' ``meta``.
 
     Scoped to what mmengine's own ``save_checkpoint``/``resume`` need; numpy
     arrays and scalars appear through ``HistoryBuffer`` in the message hub.
-    The list is handed to ``torch.serialization.safe_globals`` by
-    :func:`safe_load`; it is never added to torch's global allow-list.
+    :func:`safe_load` hands them to ``torch.serialization.safe_globals`` for
+    its own call; they are never added to torch's global allow-list.
     """
-    global _MMENGINE_SAFE_GLOBALS
-    if _MMENGINE_SAFE_GLOBALS is None:
-        import numpy as np
-        from mmengine.logging import HistoryBuffer
-        safe = [HistoryBuffer, np.dtype, np.ndarray, (_history_buffer_getattr, 'builtins.getattr')]
-        try:  # numpy >= 2
-            from numpy._core.multiarray import _reconstruct, scalar
-        except ImportError:  # numpy 1.x
-            from numpy.core.multiarray import _reconstruct, scalar
-        safe += [_reconstruct, scalar]
-        # dtype classes (np.dtypes.Float64DType, ...) used when pickling dtypes
-        dtypes = getattr(np, 'dtypes', None)
-        if dtypes is not None:
-            safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
-        _MMENGINE_SAFE_GLOBALS = safe
-    return list(_MMENGINE_SAFE_GLOBALS)
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    safe = [HistoryBuffer, np.dtype, np.ndarray, (_history_buffer_getattr, 'builtins.getattr')]
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    safe += [_reconstruct, scalar]
+    # dtype classes (np.dtypes.Float64DType, ...) used when pickling dtypes
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
+    return tuple(safe)
 
 
 def safe_load(path: str, map_location='cpu'):
@@ -81,7 +77,7 @@ def safe_load(path: str, map_location='cpu'):
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))
     try:
-        with torch.serialization.safe_globals(mmengine_safe_globals()):
+        with torch.serialization.safe_globals(list(mmengine_safe_globals())):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if _is_torchscript(path):

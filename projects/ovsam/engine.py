@@ -37,11 +37,10 @@ from mmengine.hooks import Hook
 
 from .registry import HOOKS
 
-__all__ = ['SafeCheckpointsHook', 'disable_safe_mmengine_checkpoints', 'enable_safe_mmengine_checkpoints',
-           'safe_mmengine_checkpoints_enabled']
+__all__ = ['SafeCheckpointsHook', 'disable_safe_mmengine_checkpoints', 'enable_safe_mmengine_checkpoints']
 
-# What enable_safe_mmengine_checkpoints replaced: (checkpoint loader of the
-# '' scheme, file backend class of 'local', file backend class of prefix '').
+# What enable_safe_mmengine_checkpoints replaced: (mmengine's checkpoint
+# loader of the '' scheme, its 'local' file backend class); None when off.
 _saved: Optional[tuple] = None
 
 
@@ -87,10 +86,6 @@ def _set_local_backend(backend_cls) -> None:
         del cached[key]
 
 
-def safe_mmengine_checkpoints_enabled() -> bool:
-    return _saved is not None
-
-
 def enable_safe_mmengine_checkpoints() -> None:
     """Route mmengine's local checkpoint loading through
     :func:`ovsam.checkpoint.safe_load` and make its local writes atomic.
@@ -102,8 +97,7 @@ def enable_safe_mmengine_checkpoints() -> None:
         return
     from mmengine.fileio.backends import registry_utils
     from mmengine.runner.checkpoint import CheckpointLoader
-    saved = (CheckpointLoader._schemes.get(''), registry_utils.backends.get('local'),
-             registry_utils.prefix_to_backends.get(''))
+    saved = (CheckpointLoader._schemes.get(''), registry_utils.backends['local'])
     CheckpointLoader.register_scheme(prefixes='', loader=_local_checkpoint_loader, force=True)
     _set_local_backend(_atomic_local_backend())
     _saved = saved
@@ -115,16 +109,13 @@ def disable_safe_mmengine_checkpoints() -> None:
     global _saved
     if _saved is None:
         return
-    from mmengine.fileio.backends import registry_utils
     from mmengine.runner.checkpoint import CheckpointLoader
-    loader, backend, prefix_backend = _saved
+    loader, backend = _saved
     if loader is None:
         CheckpointLoader._schemes.pop('', None)
     else:
         CheckpointLoader.register_scheme(prefixes='', loader=loader, force=True)
     _set_local_backend(backend)
-    if prefix_backend is not backend:
-        registry_utils.prefix_to_backends[''] = prefix_backend
     _saved = None
 
 
