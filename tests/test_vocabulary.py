@@ -54,7 +54,7 @@ def test_resolve_vocabulary(tmp_path):
     assert resolve_vocabulary('coco').class_names == list(CocoDataset.METAINFO['classes'])
     assert resolve_vocabulary(' LVIS ').class_names == list(LVISV1Dataset.METAINFO['classes'])
     ov = resolve_vocabulary('coco-ov').class_names
-    assert len(ov) == 65 and 'couch,sofa' in ov
+    assert len(ov) == 80 and 'couch,sofa' in ov and ov[0] == 'person,people,human'  # COCO-OV scores all 80
     assert resolve_vocabulary('shapes').class_names[0] == 'circle,disc'
     assert resolve_vocabulary(['cat', ' cup,mug ', '']).class_names == ['cat', 'cup,mug']
     assert resolve_vocabulary('dog').class_names == ['dog']

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .vocabularies import short_name
+from ..vocabulary import short_name
 
 _LOCK = threading.Lock()
 _NAME = 'ovsam_apis_visualizer'

@@ -107,15 +107,16 @@ def vocabulary_hash(class_names: Sequence[str]) -> str:
 # ---------------------------------------------------------------- sources
 def builtin_class_names(name: str) -> List[str]:
     """Class names of a built-in vocabulary, in the dataset's label order:
-    ``coco`` (80), ``coco-ov`` (65, with synonyms), ``lvis`` (1,203, v1) or
+    ``coco`` (80), ``coco-ov`` (the same 80 in COCO's order, with synonyms: the
+    COCO open-vocabulary label space, as the released model uses it), ``lvis`` (1,203, v1) or
     ``shapes`` (10)."""
     key = name.strip().lower().replace('_', '-')
     if key == 'coco':
         from mmdet.datasets import CocoDataset
         return list(CocoDataset.METAINFO['classes'])
     if key == 'coco-ov':
-        from ..datasets.coco_ov import COCO_OV_CLASSES, with_synonyms
-        return list(with_synonyms(COCO_OV_CLASSES))
+        from ..datasets.coco_ov import COCO_CLASSES, with_synonyms
+        return list(with_synonyms(COCO_CLASSES))
     if key == 'lvis':
         from mmdet.datasets import LVISV1Dataset
         return list(LVISV1Dataset.METAINFO['classes'])
