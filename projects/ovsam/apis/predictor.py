@@ -135,7 +135,7 @@ class OVSAMPredictor:
         self.device = next(model.parameters()).device
         if not isinstance(text_encoder, TextEncoder):
             text_encoder = TextEncoder(clip_model=clip_model or getattr(model.backbone, 'model_name', 'RN50x16'),
-                                       clip_model_cfg=_plain(clip_model_cfg), clip_checkpoint=clip_checkpoint,
+                                       clip_model_cfg=clip_model_cfg, clip_checkpoint=clip_checkpoint,
                                        allow_random=allow_random_text, random_seed=random_text_seed,
                                        cache_dir=cache_dir, text_model=text_encoder)
         self.text_encoder = text_encoder
@@ -473,15 +473,6 @@ class OVSAMPredictor:
 
 
 # ---------------------------------------------------------------- helpers
-def _plain(obj):
-    """mmengine ConfigDict -> plain dict/list (for json and open_clip)."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _quiet_init_weights(model) -> None:
     """``model.init_weights()`` without mmengine's per-parameter INFO log."""
     import logging

@@ -77,18 +77,14 @@ class SAMParts(nn.Module):
         image_encoder: kwargs of :func:`build_sam_image_encoder`.
         prompt_encoder: kwargs of :class:`~ovsam.models.SAMPromptEncoder`.
         decoder: ``transformer_dim``, ``depth``, ``mlp_dim``, ``num_heads``.
-        train_prompt_encoder: leave the prompt encoder trainable (the toy SAM).
     """
 
-    def __init__(self, image_encoder: Dict, prompt_encoder: Dict, decoder: Dict,
-                 train_prompt_encoder: bool = False) -> None:
+    def __init__(self, image_encoder: Dict, prompt_encoder: Dict, decoder: Dict) -> None:
         super().__init__()
         from .prompt_encoder import SAMPromptEncoder
         self.image_encoder = build_sam_image_encoder(**image_encoder)
         pe_cfg = dict(prompt_encoder)
         pe_cfg.pop('type', None)
-        if train_prompt_encoder:
-            pe_cfg['frozen'] = False
         self.prompt_encoder = SAMPromptEncoder(**pe_cfg)
         d = decoder['transformer_dim']
         self.mask_decoder = build_sam_mask_decoder(d, decoder.get('depth', 2), decoder.get('mlp_dim', 2048),
