@@ -29,7 +29,6 @@ How to opt in:
 :func:`disable_safe_mmengine_checkpoints` restores mmengine's own loader and
 backend.
 """
-import os
 import os.path as osp
 from typing import Optional
 
@@ -50,14 +49,8 @@ def _local_checkpoint_loader(filename, map_location):
 
 
 def _atomic_write(data: bytes, filepath: str) -> None:
-    d = osp.dirname(osp.abspath(filepath))
-    os.makedirs(d, exist_ok=True)
-    tmp = osp.join(d, f'.{osp.basename(filepath)}.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, filepath)
+    from .fileio import atomic_save_bytes
+    atomic_save_bytes(filepath, data)
 
 
 def _atomic_local_backend():

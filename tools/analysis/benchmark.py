@@ -587,8 +587,8 @@ def main(argv=None):
         return
     if args.worker:
         res = run_worker(args)
-        with open(args.worker_out, 'w') as f:
-            json.dump(res, f)
+        from ovsam.fileio import atomic_save_json
+        atomic_save_json(args.worker_out, res)
         return
     import torch
     torch.set_num_threads(args.threads)
@@ -643,9 +643,8 @@ def main(argv=None):
                     peak_rss=m['ovsam']['peak_rss_mib'] / m[b]['peak_rss_mib'])
     print(summarise(report))
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=1)
+        from ovsam.fileio import atomic_save_json
+        atomic_save_json(args.out, report, indent=1, allow_nan=True)
         print(f'wrote {args.out}')
     failed = [k for k, v in m.items() if 'error' in v]
     if failed:

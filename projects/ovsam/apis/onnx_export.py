@@ -250,18 +250,28 @@ def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
         'class_scores': {0: 'num_prompts'},
         'boxes': {0: 'num_prompts'},
     }
+    names = list(class_names) if class_names is not None else list(model.mask_decoder.classifier.class_names or [])
+    bad = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f'class_names must be strings; (index, type) of the others: {bad[:5]}')
+    import io
     import warnings
+
+    import onnx
+
+    from ..fileio import atomic_save_bytes
+    buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(wrapper, args, out_file, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+        torch.onnx.export(wrapper, args, buf, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                           dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
-    import onnx
-    m = onnx.load(out_file)
-    names = list(class_names) if class_names is not None else list(model.mask_decoder.classifier.class_names or [])
+    # The graph is built in memory and written once, with its metadata: a
+    # crash can never leave a file without its class names.
+    m = onnx.load_from_string(buf.getvalue())
     for key, value in (('class_names', json.dumps(names)),
                        ('input_size', str(int(model.pe.input_image_size[0]))),
                        ('producer', 'ovsam.apis.onnx_export')):
         prop = m.metadata_props.add()
         prop.key, prop.value = key, value
-    onnx.save(m, out_file)
+    atomic_save_bytes(out_file, m.SerializeToString())
     return out_file

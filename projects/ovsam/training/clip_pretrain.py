@@ -9,7 +9,6 @@ saved as an open_clip state dict and then loaded through exactly the same path
 as a real CLIP checkpoint.
 """
 import json
-import os
 import os.path as osp
 import random
 import time
@@ -144,11 +143,9 @@ def train_clip_on_crops(model_cfg: Dict,
             f = model.encode_image(to_tensor(crops[i:i + 256]), normalize=True)
             pred = torch.einsum('nd,kpd->nkp', f, text).max(-1).values.argmax(-1)
             correct += (pred.numpy() == labels[i:i + 256]).sum()
-    os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
-    tmp = out_path + '.tmp'
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out_path)
-    with open(osp.splitext(out_path)[0] + '.json', 'w') as f:
-        json.dump(model_cfg, f, indent=1)
+    from ..fileio import atomic_save_json, atomic_save_torch
+    # the config first: a weights file is never left without its config
+    atomic_save_json(osp.splitext(out_path)[0] + '.json', model_cfg, indent=1)
+    atomic_save_torch(out_path, model.state_dict())
     return dict(loss=last, crop_accuracy=float(correct / len(crops)), num_crops=len(crops),
                 seconds=time.time() - t0)

@@ -6,7 +6,6 @@ and strings, so they load with ``torch.load(weights_only=True)``. The official
 release's files (``RN50x16_LVISV1Dataset.pth``, ...) are a bare (K, P, D)
 tensor without class names: the caller names the classes, in the file's order.
 """
-import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -20,19 +19,17 @@ ClassNames = Union[str, Sequence[str]]
 
 def save_text_embeddings(path: str, embeddings: Tensor, class_names: Sequence[str],
                          meta: Optional[Dict] = None) -> None:
-    """Atomically write a vocabulary file (temporary file + rename)."""
-    d = osp.dirname(osp.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    """Atomically write a vocabulary file (:func:`ovsam.fileio.atomic_save_torch`)."""
+    from ..fileio import atomic_save_torch
+    names = check_class_names(class_names)
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != len(names):
+        shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
+        raise ValueError(f'cannot write {path!r}: embeddings of shape {shape} do not fit {len(names)} class '
+                         'names (expected (classes, synonyms, dim))')
     payload = dict(embeddings=embeddings.float().cpu().contiguous(),
-                   class_names=list(class_names),
-                   meta={k: str(v) for k, v in (meta or {}).items()})
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+                   class_names=list(names),
+                   meta={str(k): str(v) for k, v in (meta or {}).items()})
+    atomic_save_torch(path, payload)
 
 
 def _names_given(class_names: ClassNames) -> Tuple[List[str], str]:
