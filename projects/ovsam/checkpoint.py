@@ -1,5 +1,12 @@
 """Checkpoint loading: safe, offline, strict.
 
+* The format is read from the file's content (:func:`sniff_format`): empty,
+  truncated, mislabelled (a safetensors file named ``.pth`` is loaded as
+  safetensors) and foreign files get an error naming what they are.
+  TorchScript runs code when loaded: only :func:`load_clip_state_dict`
+  (a CLIP checkpoint was asked for) reads it; every other loader refuses it.
+* State dicts hold tensors only, and NaN / Inf weights are refused unless
+  ``allow_nonfinite=True``.
 * Every file is read with ``torch.load(weights_only=True)``. Besides tensors,
   mmengine's own checkpoints hold a few objects in their ``meta`` (message hub
   history, numpy scalars and dtypes); :func:`safe_load` allows exactly those,
@@ -15,6 +22,7 @@
   the official OV-SAM releases; this project's own mmengine checkpoints.
 """
 import functools
+import os
 import os.path as osp
 import pickle
 import zipfile
@@ -68,47 +76,209 @@ def mmengine_safe_globals() -> tuple:
     return tuple(safe)
 
 
-def safe_load(path: str, map_location='cpu'):
-    """``torch.load`` with ``weights_only=True`` and a clear error on refusal."""
+# ------------------------------------------------------------------ formats
+_FORMATS = {
+    'numpy': 'a NumPy .npy array (np.load it and save a state dict of tensors)',
+    'gzip': 'a gzip archive (decompress it first)',
+    'hdf5': 'an HDF5 / Keras file (not a PyTorch checkpoint)',
+    'json': 'a JSON text file',
+    'html': 'an HTML page (a failed download: the server sent a web page instead of the file)',
+    'text': 'a text file',
+    'unknown': 'not a format PyTorch writes',
+}
+
+
+def _safetensors_header(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], 'little')
+    return 2 <= n <= size - 8 and head[8:9] == b'{'
+
+
+def sniff_format(path: str) -> str:
+    """What a checkpoint file is, from its content (never its name).
+
+    One of ``'directory'``, ``'missing'``, ``'empty'``, ``'torch_zip'``
+    (``torch.save``), ``'torch_legacy'`` (pickle, ``torch.save`` before 1.6),
+    ``'torchscript'``, ``'safetensors'``, ``'truncated_zip'`` (a zip without
+    its end record: an interrupted download or copy), ``'zip'`` (a zip that is
+    not a PyTorch file), ``'numpy'``, ``'gzip'``, ``'hdf5'``, ``'json'``,
+    ``'html'``, ``'text'`` or ``'unknown'``.
+    """
+    if osp.isdir(path):
+        return 'directory'
     if not osp.isfile(path):
-        raise CheckpointError(f'checkpoint {path!r} does not exist (all checkpoints are read from '
-                              'local paths; nothing is downloaded)')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
+        return 'missing'
+    size = osp.getsize(path)
+    if size == 0:
+        return 'empty'
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith((b'PK\x03\x04', b'PK\x05\x06')):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return 'truncated_zip'
+        if any(n.endswith('constants.pkl') or '/code/' in n for n in names):
+            return 'torchscript'
+        if any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+            return 'torch_zip'
+        return 'zip'
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+        return 'torch_legacy'
+    if _safetensors_header(head, size):
+        return 'safetensors'
+    if head.startswith(b'\x93NUMPY'):
+        return 'numpy'
+    if head.startswith(b'\x1f\x8b'):
+        return 'gzip'
+    if head.startswith(b'\x89HDF'):
+        return 'hdf5'
+    text = head.lstrip().lower()
+    if text.startswith((b'<!doctype html', b'<html', b'<?xml', b'<')):
+        return 'html'
+    if text.startswith((b'{', b'[')):
+        return 'json'
+    try:
+        head.decode('utf-8')
+        return 'text'
+    except UnicodeDecodeError:
+        return 'unknown'
+
+
+def _refused_for_safety(exc: BaseException) -> bool:
+    """Whether torch's weights-only unpickler refused an object (as opposed
+    to failing on a damaged file)."""
+    msg = str(exc)
+    return 'GLOBAL' in msg or 'Unsupported global' in msg or 'is not an allowed global' in msg.lower()
+
+
+def describe_unloadable(path: str, exc: Optional[BaseException] = None) -> str:
+    """Why ``path`` cannot be read as a weights-only torch file, in words."""
+    fmt = sniff_format(path)
+    if fmt == 'directory':
+        return 'it is a directory, not a file'
+    if fmt == 'missing':
+        return 'it does not exist'
+    if fmt == 'empty':
+        return 'it is empty (0 bytes: an interrupted download or copy)'
+    if fmt == 'truncated_zip':
+        return ('it is truncated or corrupt (a zip archive without its end record: an interrupted download or '
+                'copy); download or copy it again')
+    if fmt == 'zip':
+        return 'it is a zip archive but not a PyTorch checkpoint (no data.pkl inside)'
+    if fmt == 'safetensors':
+        return 'it is a safetensors file (load it with safetensors, or name it .safetensors)'
+    if fmt == 'torchscript':
+        return ('it is a TorchScript archive, which runs code when loaded; only CLIP checkpoints are read as '
+                'TorchScript (ovsam.checkpoint.load_clip_state_dict)')
+    if fmt in _FORMATS:
+        return f'it is {_FORMATS[fmt]}, not a PyTorch checkpoint'
+    if exc is not None and _refused_for_safety(exc):
+        msg = [ln for ln in str(exc).split('\n') if 'GLOBAL' in ln or 'global' in ln]
+        return (f'it holds pickled objects that could run code when loaded ({(msg or [""])[0].strip()[:200]}); '
+                'if you trust the file, re-save its tensors with torch.save(state_dict) in a trusted environment')
+    if exc is not None:
+        msg = str(exc).split('\n')[0][:200] or type(exc).__name__
+        return f'it is corrupt or truncated ({type(exc).__name__}: {msg}); download or copy it again'
+    return 'it cannot be read'
+
+
+def _check_path(path, what: str = 'checkpoint') -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f'{what} path must be a string, got {type(path).__name__} {path!r}'[:200])
+    path = osp.expanduser(os.fspath(path))
+    if osp.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith(('.pth', '.pt', '.safetensors', '.bin')))[:5]
+        hint = f'; files inside that look like checkpoints: {inside}' if inside else ''
+        raise CheckpointError(f'{what} {path!r} is a directory, not a checkpoint file: give the file{hint}')
+    if not osp.isfile(path):
+        raise CheckpointError(f'{what} {path!r} does not exist (all checkpoints are read from local paths; '
+                              'nothing is downloaded)')
+    return path
+
+
+def _load_safetensors(path: str, map_location) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    try:
         return load_file(path, device=str(map_location))
+    except Exception as e:
+        msg = str(e).split('\n')[0][:200]
+        raise CheckpointError(f'{path!r} is a damaged safetensors file ({type(e).__name__}: {msg}): truncated or '
+                              'corrupt; download or copy it again') from e
+
+
+def safe_load(path: str, map_location='cpu'):
+    """``torch.load`` with ``weights_only=True`` and an error that names the problem.
+
+    The format is read from the content, not the name: a safetensors file is
+    loaded as one whatever it is called; empty, truncated, mislabelled and
+    TorchScript files (which run code when loaded) are refused with a
+    :class:`CheckpointError` saying which it is.
+    """
+    path = _check_path(path)
+    fmt = sniff_format(path)
+    if fmt == 'safetensors':
+        return _load_safetensors(path, map_location)
+    if path.endswith('.safetensors'):
+        raise CheckpointError(f'{path!r} is named .safetensors but {describe_unloadable(path)}')
+    if fmt not in ('torch_zip', 'torch_legacy'):
+        raise CheckpointError(f'cannot load {path!r}: {describe_unloadable(path)}')
     try:
         with torch.serialization.safe_globals(list(mmengine_safe_globals())):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        if _is_torchscript(path):
-            raise CheckpointError(f'{path!r} is a TorchScript archive; load it with load_clip_visual / '
-                                  'load_clip_state_dict') from e
-        msg = str(e).split('\n')[0]
-        raise CheckpointError(
-            f'refusing to load {path!r}: it is not a weights-only checkpoint ({msg}). '
-            'It contains pickled objects that could run code when loaded. If you trust the file, '
-            're-save its tensors with torch.save(state_dict) in a trusted environment.') from e
+        if _refused_for_safety(e):
+            raise CheckpointError(f'refusing to load {path!r}: {describe_unloadable(path, e)}') from e
+        raise CheckpointError(f'cannot load {path!r}: {describe_unloadable(path, e)}') from e
 
 
 def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
+    return sniff_format(path) == 'torchscript'
 
 
 # ------------------------------------------------------------------ state dicts
-def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
-    """Return the tensor dict of a raw or mmengine/open_clip-wrapped checkpoint."""
+def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+    """Return the tensor dict of a raw or mmengine/open_clip-wrapped checkpoint.
+
+    Every key must be a string and every value a tensor: a state dict
+    holding numbers, strings or nested dicts is refused (naming the keys)
+    instead of failing later inside ``load_state_dict``.
+    """
     if isinstance(obj, Mapping):
         for key in ('state_dict', 'model'):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
+    if isinstance(obj, torch.Tensor):
+        raise CheckpointError(f'{source} holds a single tensor of shape {tuple(obj.shape)}, not a state dict '
+                              '(a dict of named tensors)')
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError('checkpoint holds no state dict')
+        what = 'an empty dict' if isinstance(obj, Mapping) else f'a {type(obj).__name__}'
+        raise CheckpointError(f'{source} holds no state dict ({what}); expected a dict of named tensors')
+    bad_keys = [k for k in obj if not isinstance(k, str)]
+    if bad_keys:
+        raise CheckpointError(f'{source}: state dict keys must be strings, got {bad_keys[:5]!r}')
+    bad = [(k, type(v).__name__) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        shown = ', '.join(f'{k!r} ({t})' for k, t in bad[:8])
+        raise CheckpointError(f'{source}: the state dict holds {len(bad)} non-tensor values: {shown}'
+                              f'{" ..." if len(bad) > 8 else ""}; a state dict maps parameter names to tensors '
+                              '(is this a training log or a config rather than weights?)')
     sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in obj.items())
     return sd
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], source: str = 'checkpoint') -> None:
+    """Refuse floating-point tensors holding NaN or Inf (a diverged run)."""
+    bad = [k for k, v in sd.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.is_meta
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f'{source}: {len(bad)} tensors hold NaN or Inf, e.g. {bad[:5]} (a diverged '
+                              'training run or a damaged file). Use an earlier checkpoint; to load it anyway '
+                              'pass allow_nonfinite=True')
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: Optional[str]) -> Dict[str, torch.Tensor]:
@@ -122,8 +292,17 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: Optional[str]) -> Dict[
     return out
 
 
-def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str = '') -> None:
-    """``load_state_dict(strict=True)`` with one readable error listing every problem."""
+def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str = '',
+                           allow_nonfinite: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with one readable error listing every
+    problem; non-tensor values and (unless ``allow_nonfinite``) NaN / Inf
+    weights are refused too."""
+    bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f'cannot load {source or "state dict"}: non-tensor values for '
+                              + ', '.join(f'{k!r} ({t})' for k, t in bad[:8]))
+    if not allow_nonfinite:
+        check_finite(sd, source or 'state dict')
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -145,15 +324,16 @@ def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], so
     module.load_state_dict(sd, strict=True)
 
 
-def load_module_from_checkpoint(module: nn.Module, path: str, prefix: Optional[str] = None) -> None:
+def load_module_from_checkpoint(module: nn.Module, path: str, prefix: Optional[str] = None,
+                                allow_nonfinite: bool = False) -> None:
     """Strictly load ``module`` from the ``prefix.*`` keys of a checkpoint file."""
-    sd = strip_prefix(unwrap_state_dict(safe_load(path)), prefix)
-    load_state_dict_strict(module, sd, f'{path!r}' + (f' [{prefix}.*]' if prefix else ''))
+    sd = strip_prefix(unwrap_state_dict(safe_load(path), repr(path)), prefix)
+    load_state_dict_strict(module, sd, f'{path!r}' + (f' [{prefix}.*]' if prefix else ''), allow_nonfinite)
 
 
 # ---------------------------------------------------------------------- SAM
 def load_sam_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    sd = unwrap_state_dict(safe_load(path))
+    sd = unwrap_state_dict(safe_load(path), repr(path))
     if not any(k.startswith('prompt_encoder.') for k in sd):
         raise CheckpointError(f'{path!r} is not a SAM checkpoint (no prompt_encoder.* keys)')
     return sd
@@ -197,17 +377,28 @@ _RESNET_STEM = {'conv1': 'stem.0', 'bn1': 'stem.1', 'conv2': 'stem.3', 'bn2': 's
                 'conv3': 'stem.6', 'bn3': 'stem.7', 'attnpool': 'head'}
 
 
-def load_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def load_clip_state_dict(path: str, allow_torchscript: bool = True) -> Dict[str, torch.Tensor]:
     """Full CLIP state dict (``visual.*``, text tower keys) from an OpenAI
-    TorchScript archive, an OpenAI/open_clip state dict or a safetensors file."""
-    if not osp.isfile(path):
-        raise CheckpointError(f'CLIP checkpoint {path!r} does not exist')
+    TorchScript archive, an OpenAI/open_clip state dict or a safetensors file.
+
+    This is the only loader that reads TorchScript (OpenAI's CLIP release is
+    one), and only because a CLIP checkpoint was asked for: a TorchScript
+    archive holds code that ``torch.jit.load`` compiles, so load only files you
+    trust; ``allow_torchscript=False`` refuses them. Every other loader
+    (:func:`safe_load`) refuses TorchScript.
+    """
+    path = _check_path(path, 'CLIP checkpoint')
     if _is_torchscript(path):
-        # TorchScript archives are code + tensors loaded by the TorchScript
-        # runtime, not by pickle: no arbitrary Python objects are created.
-        model = torch.jit.load(path, map_location='cpu')
+        if not allow_torchscript:
+            raise CheckpointError(f'{path!r} is a TorchScript archive (it runs code when loaded) and '
+                                  'allow_torchscript=False; convert it to a state dict or allow it')
+        try:
+            model = torch.jit.load(path, map_location='cpu')
+        except Exception as e:
+            raise CheckpointError(f'cannot load the TorchScript CLIP archive {path!r}: '
+                                  f'{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}') from e
         return OrderedDict((k, v) for k, v in model.state_dict().items())
-    return unwrap_state_dict(safe_load(path))
+    return unwrap_state_dict(safe_load(path), f'CLIP checkpoint {path!r}')
 
 
 def convert_clip_visual(sd: Mapping[str, torch.Tensor], tower_type: str = 'resnet') -> Dict[str, torch.Tensor]:
@@ -302,7 +493,7 @@ def load_official_ovsam(model: nn.Module,
         elif name == 'sam':
             sds[name] = load_sam_state_dict(path)
         else:
-            sds[name] = unwrap_state_dict(safe_load(path))
+            sds[name] = unwrap_state_dict(safe_load(path), repr(path))
     source = dict(backbone='clip', neck='sam2clip', fpn_neck='clip2sam', mask_decoder='clip2sam', pe='sam')
     for module_name, sd in official_ovsam_state_dict(**sds).items():
         module = getattr(model, module_name)

@@ -82,6 +82,37 @@ def _device(model) -> Optional[torch.device]:
     return None if first is None else first.device
 
 
+def _context_length(tokenizer) -> Optional[int]:
+    n = getattr(tokenizer, 'context_length', None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_prompt_lengths(tokenizer, synonyms: Sequence[str], templates: Sequence[str] = VILD_TEMPLATES) -> None:
+    """Refuse synonyms whose prompts exceed the text tower's context.
+
+    open_clip's tokenizers cut longer prompts silently, so two long names
+    that differ only after the cut would get identical embeddings. Checked
+    where the tokenizer can count tokens (``encode`` and ``context_length``,
+    as open_clip's ``SimpleTokenizer``); other tokenizers are trusted.
+    """
+    limit = _context_length(tokenizer)
+    encode = getattr(tokenizer, 'encode', None)
+    if limit is None or not callable(encode):
+        return
+    for s in synonyms:
+        longest = max(templates, key=lambda t: len(t.format(s)))
+        try:
+            n = len(encode(longest.format(s))) + 2  # + start and end tokens
+        except Exception:  # a tokenizer whose encode has another signature
+            return
+        if n > limit:
+            raise ValueError(
+                f'class name {s!r} is too long for the text tower: with the template {longest!r} it is {n} '
+                f'tokens, the tower reads {limit} and would silently cut the rest (two long names could then '
+                f'embed identically). Shorten it (every template must fit in {limit} tokens) or split it into '
+                'synonyms separated by commas')
+
+
 @torch.no_grad()
 def embed_synonyms(text_model,
                    tokenizer,
@@ -90,6 +121,14 @@ def embed_synonyms(text_model,
                    batch_size: int = 256,
                    progress: bool = False) -> Tensor:
     """(S, D) unit-norm embeddings of already split synonyms (template-averaged)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a whole number >= 1, got {batch_size!r}')
+    if not templates:
+        raise ValueError('no templates: give at least one prompt template such as "a photo of a {}."')
+    bad = [t for t in templates if not isinstance(t, str) or t.count('{}') != 1]
+    if bad:
+        raise ValueError(f'template {bad[0]!r} must be a string with exactly one "{{}}" for the class name')
+    check_prompt_lengths(tokenizer, synonyms, templates)
     prompts = [t.format(s) for s in synonyms for t in templates]
     device = _device(text_model)
     out = []
@@ -184,8 +223,12 @@ class TextEncoder:
                  cache_size: int = 50_000,
                  templates: Sequence[str] = VILD_TEMPLATES,
                  batch_size: int = 256) -> None:
-        if cache_size < 0:
-            raise ValueError(f'cache_size must be >= 0, got {cache_size}')
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f'cache_size must be a whole number >= 0 (0 switches the cache off), got {cache_size!r}')
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f'batch_size must be a whole number >= 1, got {batch_size!r}')
+        if cache_dir is not None and osp.isfile(cache_dir):
+            raise NotADirectoryError(f'cache_dir {cache_dir!r} is a file; give a folder for the cache')
         self.clip_model = clip_model
         self.clip_model_cfg = None if clip_model_cfg is None else _plain(clip_model_cfg)
         self.clip_checkpoint = clip_checkpoint
@@ -231,7 +274,7 @@ class TextEncoder:
                     st = os.stat(self.clip_checkpoint)
                     parts.append(f'file:{osp.realpath(self.clip_checkpoint)}:{st.st_size}:{st.st_mtime_ns}')
                 parts.append(json.dumps(list(self.templates)))
-                self._identity = hashlib.sha256('\n'.join(parts).encode()).hexdigest()
+                self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
             return self._identity
 
     # ------------------------------------------------------------ caches
@@ -260,7 +303,9 @@ class TextEncoder:
         """Where ``names`` (in this order) are cached on disk, or None without ``cache_dir``."""
         if not self.cache_dir:
             return None
-        key = hashlib.sha256((self.identity() + '\n' + '\n'.join(names)).encode()).hexdigest()[:24]
+        # JSON keeps the names apart: no separator inside a name can make
+        # two vocabularies hash alike ('a\nb' vs 'a', 'b')
+        key = hashlib.sha256(json.dumps([self.identity(), list(names)]).encode()).hexdigest()[:32]
         return osp.join(self.cache_dir, f'vocab_{key}.pth')
 
     def _read_disk(self, path: str, names: List[str], synonyms: List[List[str]]) -> Optional[Dict[str, Tensor]]:
@@ -281,8 +326,10 @@ class TextEncoder:
             if not torch.isfinite(emb).all():
                 raise ValueError('embeddings contain NaN or Inf')
         except Exception as e:  # unreadable, truncated, tampered with, ...
-            warnings.warn(f'text-embedding cache file {path!r} is corrupt ({e}); re-computing it', RuntimeWarning,
-                          stacklevel=3)
+            msg = str(e).split('\n')[0][:200]
+            warnings.warn(f'text-embedding cache file {path!r} is corrupt ({type(e).__name__}: {msg}); this is a '
+                          'damaged cache, not a wrong vocabulary: re-computing the embeddings and rewriting the '
+                          'file', RuntimeWarning, stacklevel=3)
             return None
         rows = {}
         for i, syn in enumerate(synonyms):

@@ -6,6 +6,7 @@ and strings, so they load with ``torch.load(weights_only=True)``. The official
 release's files (``RN50x16_LVISV1Dataset.pth``, ...) are a bare (K, P, D)
 tensor without class names: the caller names the classes, in the file's order.
 """
+import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -78,19 +79,30 @@ def load_text_embeddings(path: str,
             checked against the stored names, position by position.
         num_classes: expected number of classes, checked.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f'a text-embedding file path is a string, got {type(path).__name__} {path!r}'[:200])
+    path = os.fspath(path)
+    if osp.isdir(path):
+        raise IsADirectoryError(f'text-embedding file {path!r} is a directory; give the .pth file inside it')
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'Text-embedding file {path!r} does not exist. Make it with:\n  {MAKE_COMMAND}')
+    if osp.getsize(path) == 0:
+        raise ValueError(f'text-embedding file {path!r} is empty (0 bytes; an interrupted copy?). '
+                         f'Re-create it with:\n  {MAKE_COMMAND}')
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # corrupt file, pickle payload, ...
-        raise ValueError(f'{path!r} is not a valid text-embedding file ({e}). '
+        from ..checkpoint import describe_unloadable
+        raise ValueError(f'{path!r} is not a valid text-embedding file: {describe_unloadable(path, e)}. '
                          f'Re-create it with:\n  {MAKE_COMMAND}') from e
     if isinstance(data, Tensor):
+        if not data.is_floating_point():
+            raise ValueError(f'{path!r} holds a {data.dtype} tensor; text embeddings are floating point')
         emb = data.float()
         if emb.dim() == 2:
             emb = emb[:, None]
-        if emb.dim() != 3 or emb.shape[0] == 0:
+        if emb.dim() != 3 or 0 in emb.shape:
             raise ValueError(f'{path!r} holds a tensor of shape {tuple(data.shape)}; a text-embedding '
                              'tensor has shape (classes, synonyms, dim)')
         k = emb.shape[0]
@@ -113,8 +125,18 @@ def load_text_embeddings(path: str,
             raise ValueError(f'{path!r} is not a text-embedding file (expected a dict with keys embeddings, '
                              'class_names, or a bare (classes, synonyms, dim) tensor). '
                              f'Re-create it with:\n  {MAKE_COMMAND}')
-        emb, names = data['embeddings'], list(data['class_names'])
-        if not isinstance(emb, Tensor) or emb.dim() != 3 or emb.shape[0] != len(names):
+        emb, names = data['embeddings'], data['class_names']
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise ValueError(f'{path!r}: class_names is a {type(names).__name__} ({names!r}'[:120] + '), not a '
+                             f'list with one class per item; re-create the file with:\n  {MAKE_COMMAND}')
+        try:
+            names = check_class_names(list(names))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'{path!r}: its class names are not a valid vocabulary ({e}); re-create the file '
+                             f'with:\n  {MAKE_COMMAND}') from None
+        if isinstance(emb, Tensor) and not emb.is_floating_point():
+            raise ValueError(f'{path!r}: embeddings are {emb.dtype}; text embeddings are floating point')
+        if not isinstance(emb, Tensor) or emb.dim() != 3 or emb.shape[0] != len(names) or 0 in emb.shape:
             shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
             raise ValueError(f'{path!r}: embeddings of shape {shape} do not match {len(names)} class names')
         if class_names is not None:
@@ -127,6 +149,10 @@ def load_text_embeddings(path: str,
                     f'{" (the same classes in another order)" if same_set else ""}: first differences '
                     f'(index, expected, file): {diff}; {len(expected)} vs {len(names)} classes ({given}). '
                     f'Re-create it with:\n  {MAKE_COMMAND}')
+    if not torch.isfinite(emb).all():
+        bad = sorted({int(i) for i in (~torch.isfinite(emb)).flatten(1).any(1).nonzero().flatten()})
+        raise ValueError(f'{path!r}: the embeddings of classes {bad[:10]} ({[names[i] for i in bad[:3]]}...) hold '
+                         f'NaN or Inf; re-create the file with:\n  {MAKE_COMMAND}')
     if num_classes is not None and len(names) != num_classes:
         raise ValueError(f'{path!r} holds {len(names)} classes but the model expects {num_classes}. '
                          f'Re-create it for this dataset with:\n  {MAKE_COMMAND}')

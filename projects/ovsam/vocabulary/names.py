@@ -6,8 +6,16 @@ inside one class, commas separate synonyms (``'cup,mug'``), ``'_or_'`` and
 ``'/'`` count as commas and ``'_'`` as a space (``'tv_or_monitor'``,
 ``'traffic_light'``). Synonyms are compared lower-cased with runs of spaces
 collapsed, so ``'Cat'``, ``'cat '`` and ``' CAT'`` are one class.
+
+When is a string a file? Built-in names (``coco``, ``coco-ov``, ``lvis``,
+``shapes``) always win. Otherwise a string is read as a file only when it
+looks like a path: it ends with ``.txt``/``.json`` (class files) or
+``.pth``/``.pt`` (embedding files), or it contains a folder separator and
+the file exists (``./my_classes``). A single word such as ``'cat'`` is a
+class name even when a file called ``cat`` sits in the working folder.
 """
 import json
+import os
 import os.path as osp
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -25,7 +33,8 @@ VocabularySpec = Union[str, Sequence[str], 'Vocabulary']
 def split_synonyms(class_name: str) -> List[str]:
     """``'tv_or_monitor/Screen'`` -> ``['tv', 'monitor', 'screen']``."""
     if not isinstance(class_name, str):
-        raise TypeError(f'a class name must be a string, got {type(class_name).__name__} ({class_name!r})')
+        raise TypeError(f'a class name must be a string, got {type(class_name).__name__} ({class_name!r}); '
+                        'no str() conversion is done: give the name as text')
     text = class_name.replace('_or_', ',').replace('/', ',').replace('_', ' ')
     names = [' '.join(s.split()).lower() for s in text.split(',')]
     names = [s for s in names if s]
@@ -43,10 +52,20 @@ def check_class_names(names: Sequence[str]) -> List[str]:
     """Validate a vocabulary and return it as a list.
 
     Rejects a bare string (give a list: one class per item), non-strings (no
-    ``str()`` coercion), classes without a usable synonym and duplicates:
-    classes with the same synonyms ignoring case and spaces (``'Cat'``,
-    ``'cat '``, ``' CAT'``).
+    ``str()`` coercion), classes without a usable synonym, names with line
+    breaks or other control characters, names starting with ``#`` (a comment
+    line taken as a class), duplicates: classes with the same synonyms
+    ignoring case and spaces (``'Cat'``, ``'cat '``, ``' CAT'``). Two
+    classes may share one synonym (``'cat'`` and ``'cat,kitty'``).
     """
+    if names is None:
+        raise TypeError('class names are None: give a list of class names (one class per item)')
+    if isinstance(names, (bytes, bytearray)):
+        raise TypeError(f'class names must be a list of strings, got bytes {bytes(names)[:40]!r}; decode them '
+                        'first, one class per item')
+    if isinstance(names, (set, frozenset, dict)):
+        raise TypeError(f'class names must be an ordered list (label i is class i), got a '
+                        f'{type(names).__name__}; use a list')
     if isinstance(names, str):
         raise TypeError(f'class names must be a list with one class per item, got the string {names!r} '
                         f'(use [{names!r}] for one class; commas inside an item separate synonyms)')
@@ -56,10 +75,21 @@ def check_class_names(names: Sequence[str]) -> List[str]:
         raise TypeError(f'class names must be a list of strings, got {type(names).__name__}') from None
     if not names:
         raise ValueError('empty vocabulary: give at least one class name')
-    bad = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
+    bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str)]
     if bad:
-        raise TypeError(f'class names must be strings; (index, type) of the others: {bad[:5]}'
-                        f'{" ..." if len(bad) > 5 else ""}')
+        shown = ', '.join(f'item {i} is {type(n).__name__} {n!r}'[:80] for i, n in bad[:5])
+        raise TypeError(f'class names must be strings (no str() conversion is done): {shown}'
+                        f'{" ..." if len(bad) > 5 else ""}. Give every class name as text')
+    for i, n in enumerate(names):
+        if any(c in n for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'):
+            raise ValueError(f'class {i} ({n!r}) contains a line break: give one class per item (a text with '
+                             'one class per line is a vocabulary spec: resolve_vocabulary)')
+        ctrl = [c for c in n if ord(c) < 32 or 127 <= ord(c) < 160]
+        if ctrl:
+            raise ValueError(f'class {i} ({n!r}) contains the control character {ctrl[0]!r}; remove it')
+        if n.strip().startswith('#'):
+            raise ValueError(f'class {i} ({n!r}) starts with "#": that is a comment line, not a class; '
+                             'remove it from the list')
     first, dups = {}, []
     for i, n in enumerate(names):
         try:
@@ -101,7 +131,7 @@ def match_class(query: str, class_names: Sequence[str]) -> Optional[int]:
 def vocabulary_hash(class_names: Sequence[str]) -> str:
     """Short content hash of an ordered list of class names."""
     import hashlib
-    return hashlib.sha256('\n'.join(class_names).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(list(class_names)).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- sources
@@ -130,6 +160,18 @@ def is_builtin(name: str) -> bool:
     return isinstance(name, str) and name.strip().lower().replace('_', '-') in BUILTIN_VOCABULARIES
 
 
+def looks_like_file(item: str) -> bool:
+    """Whether a vocabulary string is meant as a file (see the module doc):
+    a class-file or embedding-file extension, or a folder separator and an
+    existing file. Built-in names are never files."""
+    if is_builtin(item):
+        return False
+    if item.lower().endswith(EMBEDDING_FILE_EXTS + CLASS_FILE_EXTS):
+        return True
+    seps = {'/', osp.sep} | ({osp.altsep} if osp.altsep else set())
+    return any(c in item for c in seps) and osp.isfile(osp.expanduser(item))
+
+
 def parse_class_lines(text: str) -> List[str]:
     """One class per line; blank lines and lines starting with ``#`` are skipped."""
     lines = (line.strip() for line in text.splitlines())
@@ -137,21 +179,63 @@ def parse_class_lines(text: str) -> List[str]:
 
 
 def read_class_file(path: str) -> List[str]:
-    """Class names from a ``.txt`` (one class per line, ``#`` comments) or a
-    COCO annotation ``.json`` (its categories, by id)."""
+    """Class names from a ``.txt`` (one class per line; blank lines and ``#``
+    lines are skipped), a COCO annotation ``.json`` (its categories, by id) or
+    a ``.json`` list of class names."""
+    path = osp.expanduser(path)
+    if osp.isdir(path):
+        raise IsADirectoryError(f'class file {path!r} is a directory; give a .txt file (one class per line)')
     if not osp.isfile(path):
         raise FileNotFoundError(f'class file {path!r} does not exist')
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f'class file {path!r} is not UTF-8 text ({e}); save it as UTF-8, one class per '
+                         'line') from None
+    if '\0' in text:
+        raise ValueError(f'class file {path!r} is binary (it holds NUL bytes), not one class per line')
     if path.lower().endswith('.json'):
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or 'categories' not in data:
-            raise ValueError(f'{path!r}: a .json vocabulary must be COCO annotations with "categories"')
-        return [c['name'] for c in sorted(data['categories'], key=lambda c: c['id'])]
-    with open(path, encoding='utf-8') as f:
-        names = parse_class_lines(f.read())
+        return _names_from_json(path, text)
+    names = parse_class_lines(text)
     if not names:
-        raise ValueError(f'{path!r} holds no class names')
+        raise ValueError(f'{path!r} holds no class names (only blank or # comment lines)')
     return names
+
+
+def _names_from_json(path: str, text: str) -> List[str]:
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f'{path!r} is not valid JSON ({e})') from None
+    if isinstance(data, list):
+        bad = [(i, c) for i, c in enumerate(data) if not isinstance(c, str)]
+        if bad:
+            i, c = bad[0]
+            raise TypeError(f'{path!r}: a .json list of class names holds only strings; item {i} is '
+                            f'{type(c).__name__} {c!r}'[:200])
+        if not data:
+            raise ValueError(f'{path!r} holds an empty list of class names')
+        return list(data)
+    if isinstance(data, str):
+        raise ValueError(f'{path!r} holds the single string {data[:60]!r}, not a list of classes; write '
+                         f'[{data[:60]!r}] for one class')
+    if not isinstance(data, dict) or not isinstance(data.get('categories'), list):
+        raise ValueError(f'{path!r}: a .json vocabulary is COCO annotations with a "categories" list or a '
+                         'list of class names')
+    cats = data['categories']
+    if not cats:
+        raise ValueError(f'{path!r} has no categories')
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or 'name' not in c or 'id' not in c:
+            raise ValueError(f'{path!r}: category {i} ({c!r})'[:200] + ' needs an "id" and a "name"')
+        if not isinstance(c['id'], int) or isinstance(c['id'], bool):
+            raise ValueError(f'{path!r}: category {i} ({c["name"]!r}) has the id {c["id"]!r}; ids are integers')
+    ids = [c['id'] for c in cats]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f'{path!r}: category ids {dup} are given twice; every category needs its own id')
+    return [c['name'] for c in sorted(cats, key=lambda c: c['id'])]
 
 
 @dataclass
@@ -172,21 +256,24 @@ class Vocabulary:
 
 
 def _names_from_item(item: str) -> List[str]:
-    """Class names from one string: class file, built-in name, lines, or one class."""
-    if '\n' in item:
+    """Class names from one string: built-in name, class file, lines, or one class."""
+    if '\n' in item or '\r' in item:
         names = parse_class_lines(item)
         if not names:
-            raise ValueError('no class names given (one class per line)')
+            raise ValueError('no class names given (one class per line; blank and # lines are skipped)')
         return names
-    if osp.isfile(item):
-        if item.lower().endswith(EMBEDDING_FILE_EXTS):
-            raise ValueError(f'{item!r} is a text-embedding file; class names are wanted here '
-                             '(a built-in name, a .txt/.json class file or a list of names)')
-        return read_class_file(item)
     if is_builtin(item):
         return builtin_class_names(item)
-    if item.lower().endswith(EMBEDDING_FILE_EXTS + CLASS_FILE_EXTS):
-        raise FileNotFoundError(f'vocabulary file {item!r} does not exist')
+    if looks_like_file(item):
+        if item.lower().endswith(EMBEDDING_FILE_EXTS):
+            if osp.isfile(osp.expanduser(item)):
+                raise ValueError(f'{item!r} is a text-embedding file; class names are wanted here '
+                                 '(a built-in name, a .txt/.json class file or a list of names)')
+            raise FileNotFoundError(f'vocabulary file {item!r} does not exist')
+        if not osp.exists(osp.expanduser(item)):
+            raise FileNotFoundError(f'vocabulary file {item!r} does not exist (a string ending in .txt/.json '
+                                    'is read as a class file; check the path)')
+        return read_class_file(item)
     return [item]
 
 
@@ -208,20 +295,35 @@ def resolve_vocabulary(spec: VocabularySpec) -> Vocabulary:
     """
     if isinstance(spec, Vocabulary):
         return spec
+    hint = (f'give a built-in name ({", ".join(BUILTIN_VOCABULARIES)}), a .txt/.json class file, a text-embedding '
+            'file or a list of class names')
+    if spec is None:
+        raise TypeError(f'no vocabulary given (None): {hint}')
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if isinstance(spec, str):
         items = [spec]
     elif isinstance(spec, (list, tuple)):
         items = list(spec)
+    elif isinstance(spec, (set, frozenset, dict)):
+        raise TypeError(f'a vocabulary is ordered (label i is class i), got a {type(spec).__name__}; give a list')
     else:
-        raise TypeError(f'a vocabulary is a string or a list of strings, got {type(spec).__name__}')
-    bad = [(i, type(s).__name__) for i, s in enumerate(items) if not isinstance(s, str)]
+        raise TypeError(f'a vocabulary is a string or a list of strings, got {type(spec).__name__} '
+                        f'{spec!r}'[:200] + f'; {hint}')
+    items = [os.fspath(s) if isinstance(s, os.PathLike) else s for s in items]
+    bad = [(i, s) for i, s in enumerate(items) if not isinstance(s, str)]
     if bad:
-        raise TypeError(f'vocabulary items must be strings; (index, type) of the others: {bad[:5]}')
-    items = [s.strip() for s in items]
-    items = [s for s in items if s]
+        shown = ', '.join(f'item {i} is {type(s).__name__} {s!r}'[:80] for i, s in bad[:5])
+        raise TypeError(f'vocabulary items must be strings (no str() conversion is done): {shown}')
+    while items and not items[-1].strip():  # trailing blanks (a list from text.split('\n')) shift nothing
+        items.pop()
     if not items:
-        raise ValueError('empty vocabulary: give a file, a built-in name '
-                         f'({", ".join(BUILTIN_VOCABULARIES)}) or class names')
+        raise ValueError(f'empty vocabulary: {hint}')
+    blank = [i for i, s in enumerate(items) if not s.strip()]
+    if blank:
+        raise ValueError(f'vocabulary items {blank[:5]} are blank; every item is one class (label i is item '
+                         'i), so remove them rather than let the labels after them shift')
+    items = [s.strip() for s in items]
     first = items[0]
     if '\n' not in first and first.lower().endswith(EMBEDDING_FILE_EXTS):
         if not osp.isfile(first):
@@ -229,7 +331,22 @@ def resolve_vocabulary(spec: VocabularySpec) -> Vocabulary:
         rest = items[1:]
         if not rest:
             return Vocabulary(None, first)
-        names = _names_from_item(rest[0]) if len(rest) == 1 else rest
+        names = _names_from_item(rest[0]) if len(rest) == 1 else _check_list_items(rest, 1)
         return Vocabulary(check_class_names(names), first)
-    names = _names_from_item(first) if len(items) == 1 else items
+    names = _names_from_item(first) if len(items) == 1 else _check_list_items(items, 0)
     return Vocabulary(check_class_names(names), None)
+
+
+def _check_list_items(items: List[str], offset: int) -> List[str]:
+    """Several items are class names; refuse items that are plainly files or
+    built-in vocabularies (they would silently become one class each)."""
+    for i, s in enumerate(items):
+        if is_builtin(s):
+            raise ValueError(f'vocabulary item {i + offset} ({s!r}) is a built-in vocabulary name, but in a list of '
+                             f'several items each item is one class. For its classes give {s!r} alone; to '
+                             f'extend it: builtin_class_names({s!r}) + [...]')
+        if s.lower().endswith(EMBEDDING_FILE_EXTS + CLASS_FILE_EXTS):
+            raise ValueError(f'vocabulary item {i + offset} ({s!r}) is a file name, but in a list of several items '
+                             'each item is one class; give the file alone (or an embedding file followed by '
+                             'its class names)')
+    return items
