@@ -35,6 +35,16 @@ def read_classes(spec: str):
     return vocab.class_names
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: must be at least 1')
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -47,12 +57,14 @@ def parse_args(argv=None):
     p.add_argument('--allow-random-weights', action='store_true',
                    help='no checkpoint: random text tower (tests only)')
     p.add_argument('--out', required=True, help='output .pth path')
-    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--batch-size', type=positive_int, default=256, help='prompts per text-tower batch (>= 1)')
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if osp.isdir(args.out):
+        raise SystemExit(f'--out {args.out!r} is a directory; give a file name such as {osp.join(args.out, "vocab.pth")}')
     from ovsam.vocabulary import VILD_TEMPLATES, TextEncoder, check_class_names, save_text_embeddings
     names = args.names if args.names else read_classes(args.classes)
     try:
@@ -63,11 +75,19 @@ def main(argv=None):
         raise SystemExit('--clip-checkpoint is required (or --allow-random-weights for tests)')
     cfg = None
     if args.clip_cfg:
-        with open(args.clip_cfg) as f:
-            cfg = json.load(f)
+        try:
+            with open(args.clip_cfg) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f'--clip-cfg {args.clip_cfg!r}: cannot read it as a JSON model config ({e})')
+        if not isinstance(cfg, dict):
+            raise SystemExit(f'--clip-cfg {args.clip_cfg!r}: a model config is a JSON object, got {type(cfg).__name__}')
     encoder = TextEncoder(args.clip_model, cfg, args.clip_checkpoint, allow_random=args.allow_random_weights,
                           batch_size=args.batch_size)
-    emb = encoder.encode(names, progress=True)
+    try:
+        emb = encoder.encode(names, progress=True)
+    except ValueError as e:  # e.g. a name longer than the text tower's context
+        raise SystemExit(str(e))
     save_text_embeddings(args.out, emb, names, meta=dict(clip_model=args.clip_model,
                                                          clip_checkpoint=args.clip_checkpoint,
                                                          templates=len(VILD_TEMPLATES)))

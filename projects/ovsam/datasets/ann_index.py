@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ['AnnotationIndex', 'load_annotation_index', 'frequency_groups', 'labels_of_frequencies']
 
 _CACHE: Dict[Tuple[str, float, int], 'AnnotationIndex'] = {}
+_CACHE_SIZE = 8
 
 
 class AnnotationIndex:
@@ -63,14 +64,59 @@ def load_annotation_index(path: str) -> AnnotationIndex:
     st = os.stat(path)
     key = (path, st.st_mtime, st.st_size)
     if key not in _CACHE:
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = json.load(f)
+        except ValueError as e:
+            raise ValueError(f'{path!r} is not valid JSON ({e}); re-export or re-download it') from None
         if not isinstance(data, dict) or 'categories' not in data or 'images' not in data:
             raise ValueError(f'{path!r} is not a COCO/LVIS annotation file (needs "images" and "categories")')
-        cats = [{k: c[k] for k in ('id', 'name', 'frequency') if k in c} for c in data['categories']]
-        sizes = {int(im['id']): (int(im['height']), int(im['width'])) for im in data['images']}
+        cats, sizes = _categories(data, path), _image_sizes(data, path)
+        while len(_CACHE) >= _CACHE_SIZE:  # bounded: a long process reading many files does not grow
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = AnnotationIndex(path, cats, sizes)
     return _CACHE[key]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _categories(data: dict, path: str) -> List[dict]:
+    if not isinstance(data['categories'], list):
+        raise ValueError(f'{path}: "categories" is a {type(data["categories"]).__name__}, not a list')
+    cats, ids, names = [], {}, {}
+    for i, c in enumerate(data['categories']):
+        if not isinstance(c, dict) or not _is_int(c.get('id')):
+            raise ValueError(f'{path}: category entry {i} ({c!r}'[:200] + ') needs an integer "id"')
+        if not isinstance(c.get('name'), str) or not c['name'].strip():
+            raise ValueError(f'{path}: category {c["id"]} (entry {i}) has no "name" (got {c.get("name")!r})')
+        for seen, value, what in ((ids, c['id'], 'category id'), (names, c['name'], 'category name')):
+            if value in seen:
+                raise ValueError(f'{path}: {what} {value!r} is used twice (entries {seen[value]} and {i})')
+            seen[value] = i
+        cats.append({k: c[k] for k in ('id', 'name', 'frequency') if k in c})
+    return cats
+
+
+def _image_sizes(data: dict, path: str) -> Dict[int, Tuple[int, int]]:
+    if not isinstance(data['images'], list):
+        raise ValueError(f'{path}: "images" is a {type(data["images"]).__name__}, not a list')
+    sizes, entry = {}, {}
+    for i, im in enumerate(data['images']):
+        if not isinstance(im, dict) or not _is_int(im.get('id')):
+            raise ValueError(f'{path}: image entry {i} ({im!r}'[:200] + ') needs an integer "id"')
+        for k in ('height', 'width'):
+            v = im.get(k)
+            if not _is_int(v) or v <= 0:
+                raise ValueError(f'{path}: image {im["id"]} (entry {i}) has {k} {v!r}'
+                                 f'{" (missing)" if k not in im else ""}; give its size in pixels')
+        if im['id'] in sizes:
+            raise ValueError(f'{path}: image id {im["id"]} is used twice (entries {entry[im["id"]]} and {i}); '
+                             'every image needs its own id')
+        sizes[im['id']] = (im['height'], im['width'])
+        entry[im['id']] = i
+    return sizes
 
 
 def frequency_groups(ann_file: str) -> Dict[str, List[int]]:

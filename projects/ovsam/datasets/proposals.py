@@ -80,16 +80,38 @@ class DetectionTable:
         return len(self.scores)
 
 
-_TABLES: Dict[Tuple[str, float, int], DetectionTable] = {}
+_TABLES: Dict[Tuple[str, int, int], DetectionTable] = {}
+_TABLES_SIZE = 4
 
 
 def _image_key(value: Any) -> Any:
     """Image ids as Python ints where they are integers (JSON ints, numpy ints, tensors)."""
     if isinstance(value, torch.Tensor):
         value = value.item()
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+    if isinstance(value, (np.integer, int)) and not isinstance(value, (bool, np.bool_)):
         return int(value)
     return value
+
+
+def _whole_number(value: Any, what: str) -> int:
+    """A whole number from a JSON / pickle value: ints, integral floats
+    (``3.0``); never booleans, fractions or strings."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        raise ProposalFileError(f'{what} is the boolean {value!r}, not a number')
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ProposalFileError(f'{what} is {value!r} ({type(value).__name__}), not a whole number')
+
+
+def _real(value: Any, what: str) -> float:
+    """A number (NaN / Inf allowed: counted and dropped later); never booleans or strings."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ProposalFileError(f'{what} is {value!r} ({type(value).__name__}), not a number')
+    return float(value)
 
 
 def _key_array(keys: List[Any]) -> np.ndarray:
@@ -134,12 +156,22 @@ def _storage_from_bytes(b: bytes):
 
 
 def _as_array(x: Any, dtype, what: str, path: str) -> np.ndarray:
+    """``x`` as an array of ``dtype``; strings, booleans, objects and (for
+    integer dtypes) fractions are errors, never silently converted."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
-        return np.asarray(x, dtype=dtype)
+        raw = np.asarray(x)
     except (TypeError, ValueError) as e:
         raise ProposalFileError(f'{path}: {what} is not numeric ({e})') from e
+    if raw.size and raw.dtype.kind not in 'iuf':
+        kind = {'b': 'booleans', 'U': 'strings', 'S': 'bytes', 'O': 'objects'}.get(raw.dtype.kind, raw.dtype)
+        raise ProposalFileError(f'{path}: {what} holds {kind}, not numbers')
+    if np.issubdtype(np.dtype(dtype), np.integer) and raw.dtype.kind == 'f':
+        if not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+            bad = raw[~(np.isfinite(raw) & (raw == np.round(raw)))].ravel()[:3].tolist()
+            raise ProposalFileError(f'{path}: {what} holds non-integer values {bad}; labels are whole numbers')
+    return raw.astype(dtype, copy=False)
 
 
 def _read_pickle(path: str) -> DetectionTable:
@@ -155,16 +187,28 @@ def _read_pickle(path: str) -> DetectionTable:
         raise ProposalFileError(f'{path!r}: expected a list of per-image results (tools/test.py --out), '
                                 f'got {type(data).__name__}')
     keys, boxes, scores, labels = [], [], [], []
+    seen: Dict[Any, int] = {}
+    full_paths: Dict[str, Tuple[int, str]] = {}
     for i, item in enumerate(data):
         if not isinstance(item, Mapping) or 'pred_instances' not in item:
             raise ProposalFileError(f'{path!r}: entry {i} has no pred_instances; is this a tools/test.py --out '
                                     'pickle of a detector?')
         if item.get('img_id') is not None:
-            key = _image_key(item['img_id'])
-        elif item.get('img_path'):
+            key = _whole_number(item['img_id'], f'{path!r}: entry {i} img_id')
+        elif isinstance(item.get('img_path'), str) and item['img_path']:
             key = osp.basename(item['img_path'])
+            other = full_paths.setdefault(key, (i, item['img_path']))
+            if other[1] != item['img_path']:
+                raise ProposalFileError(
+                    f'{path!r}: entries {other[0]} ({other[1]!r}) and {i} ({item["img_path"]!r}) have the same file '
+                    'name in two folders and no img_id, so their detections cannot be told apart; write the '
+                    'results with img_id (tools/test.py --out does)')
         else:
             raise ProposalFileError(f'{path!r}: entry {i} has neither img_id nor img_path')
+        if key in seen:
+            raise ProposalFileError(f'{path!r}: entries {seen[key]} and {i} are both image {key!r}; each image '
+                                    'is listed once (two result files concatenated?)')
+        seen[key] = i
         pred = item['pred_instances']
         missing = [k for k in ('bboxes', 'scores', 'labels') if k not in pred]
         if missing:
@@ -199,18 +243,26 @@ def _read_json(path: str) -> DetectionTable:
     if not data:
         raise ProposalFileError(f'{path!r} holds no detections (empty list)')
     need = ('image_id', 'category_id', 'bbox', 'score')
+    n = len(data)
+    xywh = np.empty((n, 4), dtype=np.float64)
+    scores = np.empty(n, dtype=np.float64)
+    cats = np.empty(n, dtype=np.int64)
+    image_ids = []
     for i, d in enumerate(data):
         if not isinstance(d, dict) or any(k not in d for k in need):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ProposalFileError(f'{path!r}: entry {i} is not a COCO result (needs {need}, has {got})')
-        if len(d['bbox']) != 4:
-            raise ProposalFileError(f'{path!r}: entry {i} bbox {d["bbox"]} is not [x, y, w, h]')
-    xywh = np.array([d['bbox'] for d in data], dtype=np.float64)
+        where = f'{path!r}: entry {i}'
+        box = d['bbox']
+        if not isinstance(box, list) or len(box) != 4:
+            raise ProposalFileError(f'{where} bbox {box!r} is not [x, y, w, h]')
+        xywh[i] = [_real(v, f'{where} bbox {box!r} value') for v in box]
+        scores[i] = _real(d['score'], f'{where} score')
+        cats[i] = _whole_number(d['category_id'], f'{where} category_id')
+        image_ids.append(_whole_number(d['image_id'], f'{where} image_id'))
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    keys = _key_array([_image_key(d['image_id']) for d in data])
-    return DetectionTable(path, keys, boxes, np.array([d['score'] for d in data], dtype=np.float64),
-                          np.array([d['category_id'] for d in data], dtype=np.int64), 'coco_json',
-                          len(set(keys.tolist())))
+    keys = _key_array(image_ids)
+    return DetectionTable(path, keys, boxes, scores, cats, 'coco_json', len(set(image_ids)))
 
 
 def read_detections(path: str, file_format: str = 'auto') -> DetectionTable:
@@ -234,9 +286,12 @@ def read_detections(path: str, file_format: str = 'auto') -> DetectionTable:
     if file_format not in ('json', 'pkl'):
         raise ValueError(f"file_format must be 'json', 'pkl' or 'auto', got {file_format!r}")
     st = os.stat(path)
-    key = (path, st.st_mtime, st.st_size)
+    key = (path, st.st_mtime_ns, st.st_size)
     if key not in _TABLES:
-        _TABLES[key] = _read_json(path) if file_format == 'json' else _read_pickle(path)
+        table = _read_json(path) if file_format == 'json' else _read_pickle(path)
+        while len(_TABLES) >= _TABLES_SIZE:  # bounded: evaluating many files does not keep them all
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = table
     return _TABLES[key]
 
 
@@ -302,8 +357,18 @@ class LoadProposalPrompts(BaseTransform):
         for name, value in (('on_unknown_category', on_unknown_category), ('on_unknown_image', on_unknown_image)):
             if value not in ('warn', 'error'):
                 raise ValueError(f"{name} must be 'warn' or 'error', got {value!r}")
-        if topk is not None and topk <= 0:
-            raise ValueError(f'topk must be positive or None, got {topk}')
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk <= 0):
+            raise ValueError(f'topk must be a whole number >= 1 or None (all), got {topk!r}')
+        if (isinstance(score_thr, bool) or not isinstance(score_thr, (int, float, np.integer, np.floating))
+                or not np.isfinite(score_thr)):
+            raise ValueError(f'score_thr must be a finite number (detections with score >= score_thr are kept; '
+                             f'0 keeps all), got {score_thr!r}')
+        if classes is not None:
+            if isinstance(classes, str):
+                raise TypeError(f'classes must be a list of class names, got the string {classes!r}')
+            bad = [c for c in classes if not isinstance(c, str)]
+            if bad:
+                raise TypeError(f'classes must be strings, got {bad[0]!r} ({type(bad[0]).__name__})')
         self.proposal_file = proposal_file
         self.ann_file = ann_file
         self.classes = None if classes is None else list(classes)
@@ -332,15 +397,24 @@ class LoadProposalPrompts(BaseTransform):
         """``{detector category: dataset label}``."""
         names = self.label_names
         if category_map is not None:
+            if not isinstance(category_map, Mapping):
+                raise TypeError(f'category_map must be a dict {{detector category: label or class name}}, got '
+                                f'{type(category_map).__name__}')
             lookup = {}
             for k, v in category_map.items():
-                if isinstance(v, str):
-                    if names is None or v not in names:
-                        raise ValueError(f'category_map: class {v!r} is not a dataset class')
-                    v = names.index(v)
-                if names is not None and not 0 <= int(v) < len(names):
-                    raise ValueError(f'category_map: label {v} out of range for {len(names)} classes')
-                lookup[int(k)] = int(v)
+                try:
+                    key = _whole_number(k, f'category_map key {k!r}')
+                    if isinstance(v, str):
+                        if names is None or v not in names:
+                            raise ValueError(f'category_map: class {v!r} is not a dataset class')
+                        v = names.index(v)
+                    v = _whole_number(v, f'category_map[{k!r}]')
+                except ProposalFileError as e:
+                    raise ValueError(str(e)) from None
+                if v < 0 or (names is not None and v >= len(names)):
+                    raise ValueError(f'category_map: label {v} (for {k!r}) out of range for '
+                                     f'{len(names) if names is not None else "the"} classes')
+                lookup[key] = v
             return lookup
         if table.kind == 'coco_json':
             if index is None:

@@ -2,11 +2,14 @@
 
 Layout: ``data_root/<img_dir>/sa_*.jpg`` (+ ``sa_*.json``, unused here) and a
 split list ``data_root/<split_file>`` with one image name per line (with or
-without extension). Dumped teacher features live in
-``data_root/<feat_dir>/<name>.pth`` (``tools/dump_sam_features.py``).
+without extension; entries may be in subfolders of the image folder, never
+outside it; blank and ``#`` lines are skipped). Dumped teacher features live
+in ``data_root/<feat_dir>/<entry without extension>.pth``
+(``tools/dump_sam_features.py``), mirroring the image folder, so two images
+with the same name in different folders never share a feature.
 """
 import os.path as osp
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from mmcv.transforms import BaseTransform
@@ -14,6 +17,34 @@ from mmdet.datasets.transforms import PackDetInputs
 from mmengine.dataset import BaseDataset
 
 from ..registry import DATASETS, TRANSFORMS
+
+
+def split_entry_key(name: str, split: str = 'split list', line_no: int = 0) -> Tuple[str, str]:
+    """``(feature key, relative image path)`` of one split-list entry.
+
+    The key is the entry's path relative to the image folder without its
+    extension (``'sub/sa_1'`` for ``'sub/sa_1.jpg'``): images with the same
+    file name in two folders get two features. Entries must stay inside the
+    image folder: absolute paths and ``..`` are refused, since the key also
+    names the feature file that ``tools/dump_sam_features.py`` writes.
+    """
+    where = f'{split}: line {line_no} ({name!r})'
+    if '\0' in name:
+        raise ValueError(f'{where} contains a NUL character')
+    if name.startswith(('/', '\\')) or osp.isabs(name) or (len(name) > 1 and name[1] == ':'):
+        raise ValueError(f'{where} is an absolute path; list images relative to the image folder '
+                         '(img_dir)')
+    parts = [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
+    if '..' in parts:
+        raise ValueError(f'{where} leaves the image folder (".."); list images relative to the image '
+                         'folder (img_dir), inside it')
+    if not parts:
+        raise ValueError(f'{where} names no image')
+    rel = '/'.join(parts)
+    key = osp.splitext(rel)[0]
+    if not osp.basename(key):
+        raise ValueError(f'{where} names no image')
+    return key, rel
 
 
 @DATASETS.register_module()
@@ -47,17 +78,25 @@ class SA1BDataset(BaseDataset):
             raise FileNotFoundError(
                 f'SA-1B split list {split!r} does not exist. Make one with e.g.\n'
                 f'  ls {img_dir} | grep "\\.jpg$" | sed "s/\\.jpg$//" > {split}')
-        with open(split) as f:
-            names = [line.strip() for line in f if line.strip()]
-        if not names:
+        with open(split, encoding='utf-8-sig') as f:
+            lines = [(i + 1, line.strip()) for i, line in enumerate(f)]
+        entries = [(n, line) for n, line in lines if line and not line.startswith('#')]
+        if not entries:
             raise ValueError(f'split list {split!r} is empty')
-        data = []
-        for i, name in enumerate(names):
-            stem = osp.splitext(name)[0]
-            img = osp.join(img_dir, name if osp.splitext(name)[1] else stem + '.jpg')
-            item = dict(img_path=img, img_id=i, name=stem)
+        data, seen = [], {}
+        for i, (line_no, name) in enumerate(entries):
+            key, rel = split_entry_key(name, split, line_no)
+            if key in seen:
+                other_no, other = seen[key]
+                raise ValueError(
+                    f'{split}: line {line_no} ({name!r}) and line {other_no} ({other!r}) '
+                    f'{"list the same image" if other == name else "would share one feature file"} '
+                    f'({key}.pth); list each image once and give images distinct names')
+            seen[key] = (line_no, name)
+            img = osp.join(img_dir, rel if osp.splitext(rel)[1] else rel + '.jpg')
+            item = dict(img_path=img, img_id=i, name=key)
             if self.feat_dir is not None:
-                item['feat_path'] = osp.join(root, self.feat_dir, stem + '.pth')
+                item['feat_path'] = osp.join(root, self.feat_dir, key + '.pth')
             data.append(item)
         return data
 
