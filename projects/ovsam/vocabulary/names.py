@@ -273,7 +273,11 @@ def _names_from_item(item: str) -> List[str]:
         if not osp.exists(osp.expanduser(item)):
             raise FileNotFoundError(f'vocabulary file {item!r} does not exist (a string ending in .txt/.json '
                                     'is read as a class file; check the path)')
-        return read_class_file(item)
+        names = read_class_file(item)
+        try:
+            return check_class_names(names)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f'class file {item!r}: {e}') from None
     return [item]
 
 
@@ -323,7 +327,8 @@ def resolve_vocabulary(spec: VocabularySpec) -> Vocabulary:
     if blank:
         raise ValueError(f'vocabulary items {blank[:5]} are blank; every item is one class (label i is item '
                          'i), so remove them rather than let the labels after them shift')
-    items = [s.strip() for s in items]
+    lines = len(items) == 1 and ('\n' in items[0] or '\r' in items[0])  # one class per line
+    items = [s if lines else s.strip() for s in items]
     first = items[0]
     if '\n' not in first and first.lower().endswith(EMBEDDING_FILE_EXTS):
         if not osp.isfile(first):
