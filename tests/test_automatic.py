@@ -50,8 +50,9 @@ def oracle(predictor, instances, confidence=None):
         label_map[m] = k
     classes = [c for c, _ in instances]
 
-    def fake(point_coords, point_labels=None, boxes=None, mask_input=None, top_k=5, return_logits=True):
-        sx, sy = predictor.scale_factor
+    def fake(point_coords, point_labels=None, boxes=None, mask_input=None, top_k=5, return_logits=True,
+             image_state=None, vocabulary=None):
+        sx, sy = (image_state or predictor.image_state).meta['scale_factor']
         n = point_coords.shape[0]
         k_cls = predictor.num_classes
         logits = torch.full((n, h, w), -10.0)

@@ -8,10 +8,12 @@ helpers live in :mod:`ovsam.apis.onnx_export` (imported on demand: they need
 from ..vocabulary import builtin_class_names, match_class, resolve_vocabulary
 from .automatic import OVSAMAutomaticMaskGenerator
 from .inputs import image_to_rgb
-from .predictor import ImageState, OVSAMPrediction, OVSAMPredictor, PromptError, default_tiny_config
+from .predictor import (ImageState, OVSAMPrediction, OVSAMPredictor, PromptError, VocabularyState,
+                        default_tiny_config)
 from .visualization import draw_predictions
 
 __all__ = [
-    'ImageState', 'OVSAMAutomaticMaskGenerator', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError', 'builtin_class_names',
-    'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class', 'resolve_vocabulary'
+    'ImageState', 'OVSAMAutomaticMaskGenerator', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError', 'VocabularyState',
+    'builtin_class_names', 'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class',
+    'resolve_vocabulary'
 ]

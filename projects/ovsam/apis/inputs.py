@@ -1,21 +1,51 @@
 """Inputs of the interactive tools: images to RGB arrays and the model's input
-frame, prompts checked in the original frame and moved to the input frame.
+frame, prompts checked and moved to the input frame, option checks.
 
-These are the conversions of :class:`~ovsam.apis.OVSAMPredictor` (and so of the
-automatic generator, the demos and the ONNX helpers), kept out of the predictor
-so that it only holds image state.
+These are the conversions and checks of :class:`~ovsam.apis.OVSAMPredictor`
+(and so of the automatic generator, the demos and the ONNX helpers), kept out
+of the predictor so that it only holds image state. Both prompt entry points
+(``predict`` in original pixels, ``predict_torch`` in the input frame) go
+through one check, :func:`check_prompt_arrays`.
+
+Images (:func:`image_to_rgb`) become a NEW (H, W, 3) RGB array, uint8 or
+float32 in 0..255 (the caller's array is never kept), by these rules:
+
+============================================  ==========================================
+input                                         conversion
+============================================  ==========================================
+uint8                                         as is
+bool (PIL mode ``'1'``)                       False -> 0, True -> 255
+uint16 (PIL ``'I;16'``, ``'I;16B'``, ...)     x * 255 / 65535 (the full 16-bit range)
+PIL ``'I'`` (32-bit ints, how Pillow opens    x * 255 / 65535; values must be 0..65535
+some 16-bit files)
+other integer arrays (int8..int64, uint32)    values must be 0..255 (8-bit data in a wider type)
+float arrays / tensors (float16/32/64)        values must be in [0, 1]; x * 255
+PIL ``'F'`` (32-bit floats)                   [0, 1]: x * 255; else values in [0, 255]: as is
+other PIL modes (L, P, RGBA, LA, CMYK, ...)   ``image.convert('RGB')``
+============================================  ==========================================
+
+Anything else is a ``ValueError`` that names the input and the fix: empty
+images, channel counts other than 1, 3 or 4, complex / object / string
+arrays, NaN or Inf, values outside the rules above, batches (4-D arrays).
 """
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import numbers
+import os
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..models.prompts import PromptError, check_prompts
+from ..models.prompts import PromptError
 
 ArrayLike = Union[np.ndarray, Sequence, Tensor]
+
+#: tolerance (pixels) for boxes and points on the image border after rounding
+BORDER_TOL = 1.0
+#: largest |value| accepted in ``mask_input`` (the model's own low-res logits stay far below)
+MAX_MASK_LOGIT = 1e6
+_PIL_16BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -24,63 +54,125 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def image_to_rgb(image: Any, image_format: str = 'RGB') -> np.ndarray:
-    """Any supported image -> (H, W, 3) RGB array, uint8 or float32 in [0, 255].
+# ---------------------------------------------------------------- images
+def _tensor_to_numpy(t: Tensor, name: str) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.is_complex():
+        raise ValueError(f'{name} is a complex tensor ({t.dtype}): pass real pixel values')
+    if t.dtype in (torch.bfloat16, ):
+        t = t.float()
+    try:
+        return t.numpy().copy()
+    except TypeError:  # dtypes numpy lacks (e.g. torch.uint16 on old numpy)
+        return t.to(torch.int64).numpy()
+
+
+def image_to_rgb(image: Any, image_format: str = 'RGB', name: str = 'image') -> np.ndarray:
+    """Any supported image -> a NEW (H, W, 3) RGB array, uint8 or float32 in [0, 255].
 
     Accepts numpy arrays (H x W gray, H x W x 1, H x W x 3 RGB/BGR, H x W x 4
-    RGBA/BGRA; uint8, other integer types with values 0..255, bool, or floats in
-    [0, 1]), PIL images and torch tensors laid out as numpy arrays. Alpha is
-    dropped (not composited).
+    RGBA/BGRA), PIL images and torch tensors laid out as numpy arrays; values
+    are converted by the rules of this module's docstring (16-bit data scaled
+    from its full range, floats from [0, 1]). Alpha is dropped (not
+    composited). The result never shares memory with ``image``.
+
+    Raises:
+        ValueError: naming ``name`` and the fix, for anything the rules do not cover.
     """
-    fmt = image_format.upper()
-    if fmt not in ('RGB', 'BGR'):
+    if not isinstance(image_format, str) or image_format.upper() not in ('RGB', 'BGR'):
         raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    fmt = image_format.upper()
+    pil_mode = None
+    if image is None:
+        raise ValueError(f'{name} is None: pass an H x W x 3 RGB array (or a PIL image)')
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise ValueError(f'{name} is a path or bytes ({str(image)[:80]!r}), not pixels: read the file first '
+                         '(e.g. mmcv.imread(path, channel_order="rgb") or PIL.Image.open(path))')
     try:
         from PIL import Image
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert('RGB'))
-            fmt = 'RGB'
     except ImportError:  # pragma: no cover - PIL ships with mmcv/matplotlib
-        pass
-    arr = to_numpy(image)
-    if arr.dtype == object or arr.ndim not in (2, 3):
-        raise ValueError(f'image must be an H x W or H x W x C array, got shape {arr.shape} '
-                         f'and dtype {arr.dtype}')
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        pil_mode = image.mode
+        if pil_mode in _PIL_16BIT + ('I', 'F', '1'):
+            arr = np.array(image)
+        else:
+            arr = np.array(image.convert('RGB'))
+        fmt = 'RGB'
+    elif isinstance(image, Tensor):
+        arr = _tensor_to_numpy(image, name)
+    else:
+        try:
+            arr = np.asarray(image)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'{name} could not be read as an array ({e}): pass an H x W x 3 array of numbers') \
+                from None
+    kind = arr.dtype.kind
+    if kind in 'OUSVMm':
+        raise ValueError(f'{name} has dtype {arr.dtype} (not pixel numbers; a ragged nested list?): pass an '
+                         'H x W x 3 uint8 array, or floats in [0, 1]')
+    if kind == 'c':
+        raise ValueError(f'{name} holds complex numbers ({arr.dtype}): pass real pixel values '
+                         '(e.g. np.abs(x) or x.real, scaled to uint8 or to [0, 1])')
+    if arr.ndim == 4:
+        raise ValueError(f'{name} has shape {arr.shape}, a batch of images: pass one H x W x C image at a time')
+    if arr.ndim not in (2, 3):
+        raise ValueError(f'{name} must be an H x W or H x W x C array, got shape {arr.shape}')
     if arr.ndim == 2:
         arr = arr[:, :, None]
     h, w, c = arr.shape
     if h == 0 or w == 0:
-        raise ValueError(f'empty image of shape {arr.shape}')
+        raise ValueError(f'{name} is empty (shape {arr.shape}): pass an image with at least one pixel')
     if c not in (1, 3, 4):
-        raise ValueError(f'image must have 1, 3 or 4 channels (last axis), got {c} '
-                         f'(shape {arr.shape}); channel-first arrays are not accepted')
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
-            raise ValueError('image contains NaN or Inf')
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise ValueError(f'float images must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]; '
-                             'pass uint8 for 0..255 data')
-        arr = np.clip(arr, 0, 1) * 255.0
-    elif np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype != np.uint8:
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi > 255:
-                raise ValueError(f'integer images must hold values in 0..255, got {lo}..{hi} '
-                                 f'(dtype {arr.dtype}); convert to uint8 or float in [0, 1]')
-            arr = arr.astype(np.uint8)
-    else:
-        raise ValueError(f'unsupported image dtype {arr.dtype}')
+        raise ValueError(f'{name} must have 1, 3 or 4 channels on its last axis, got {c} (shape {arr.shape}); '
+                         'channel-first arrays must be transposed (np.transpose(x, (1, 2, 0)))')
+    arr = _pixel_values(arr, name, pil_mode)
     if c == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif c == 4:
         arr = arr[:, :, :3]
     if fmt == 'BGR':
         arr = arr[:, :, ::-1]
-    return np.ascontiguousarray(arr)
+    out = np.array(arr, order='C', copy=True)  # never a view of the caller's memory
+    return out
+
+
+def _pixel_values(arr: np.ndarray, name: str, pil_mode: Optional[str]) -> np.ndarray:
+    """uint8 or float32 in 0..255 by the module's rules."""
+    kind = arr.dtype.kind
+    if kind == 'b':
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint8:
+        return arr
+    if kind == 'f':
+        arr = arr.astype(np.float32) if arr.dtype.itemsize <= 4 else arr
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ValueError(f'{name} contains NaN or Inf at {int((~finite).sum())} of {arr.size} values: replace '
+                             'them (e.g. np.nan_to_num(x, nan=0.0)) before passing the image')
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= -1e-6 and hi <= 1 + 1e-6:
+            return (np.clip(arr, 0, 1) * 255.0).astype(np.float32)
+        if pil_mode == 'F' and lo >= 0 and hi <= 255:
+            return arr.astype(np.float32)
+        what = "PIL 'F' images must hold values in [0, 1] or [0, 255]" if pil_mode == 'F' else \
+            'float images must hold values in [0, 1]'
+        raise ValueError(f'{what}; {name} holds [{lo:.6g}, {hi:.6g}]: divide 0..255 data by 255 (or pass '
+                         'uint8), and scale other data to [0, 1] yourself (e.g. (x - x.min()) / np.ptp(x))')
+    if kind in 'iu':
+        lo, hi = int(arr.min()), int(arr.max())
+        sixteen = (kind == 'u' and arr.dtype.itemsize == 2) or pil_mode in _PIL_16BIT + ('I', )
+        if sixteen:
+            if lo < 0 or hi > 65535:
+                raise ValueError(f"{name} (PIL mode {pil_mode!r}) holds {lo}..{hi}, outside the 16-bit range "
+                                 '0..65535: scale it to uint8, or to floats in [0, 1]')
+            return (arr.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.float32)
+        if lo < 0 or hi > 255:
+            raise ValueError(f'{name} has dtype {arr.dtype} with values {lo}..{hi}: integer images other than '
+                             'uint16 must hold 0..255; pass uint16 for 16-bit data, or convert to uint8 or to '
+                             'floats in [0, 1]')
+        return arr.astype(np.uint8)
+    raise ValueError(f'{name} has unsupported dtype {arr.dtype}: pass uint8, uint16, or floats in [0, 1]')
 
 
 def preprocess_image(model: torch.nn.Module, rgb: np.ndarray, size: int,
@@ -119,59 +211,210 @@ def preprocess_image(model: torch.nn.Module, rgb: np.ndarray, size: int,
     return inputs.to(device), meta
 
 
-def float_array(x: Any, name: str) -> np.ndarray:
-    """``x`` as a finite float32 array, or a :class:`PromptError` naming ``name``."""
+# ---------------------------------------------------------------- prompts
+class PromptArrays(NamedTuple):
+    """Checked prompts of N prompts (None where not given)."""
+    point_coords: Optional[np.ndarray]  #: (N, P, 2) float32 x, y
+    point_labels: Optional[np.ndarray]  #: (N, P) int64 in {-1, 0, 1}
+    boxes: Optional[np.ndarray]  #: (N, 4) float32 x1, y1, x2, y2
+    mask_input: Optional[np.ndarray]  #: (N, 1, 4E, 4E) float32
+
+    def to_tensors(self, device) -> Tuple[Optional[Tensor], ...]:
+        return tuple(None if a is None else torch.from_numpy(a).to(device) for a in self)
+
+
+def real_array(x: Any, name: str, allow_bool: bool = False) -> np.ndarray:
+    """``x`` as a finite float64 array (a copy), or a :class:`PromptError` naming ``name``.
+
+    Rejects complex numbers, strings, ``None`` inside lists, ragged lists,
+    booleans (unless ``allow_bool``) and NaN / Inf.
+    """
+    if isinstance(x, Tensor):
+        x = x.detach().cpu()
+        if x.is_complex():
+            raise PromptError(f'{name} holds complex numbers ({x.dtype}): give real pixel values')
+        x = x.double() if x.dtype in (torch.bfloat16, torch.float16) else x
+        x = x.numpy()
     try:
-        arr = to_numpy(x).astype(np.float32)
+        arr = np.array(x)
     except (TypeError, ValueError) as e:
-        raise PromptError(f'{name} must be numeric, got {type(x).__name__} ({e})') from e
-    if not np.isfinite(arr).all():
-        raise PromptError(f'{name} contains NaN or Inf')
+        raise PromptError(f'{name} could not be read as a numeric array ({e}); give a list or array of '
+                          'numbers with one row per prompt') from None
+    kind = arr.dtype.kind
+    if kind == 'c':
+        raise PromptError(f'{name} holds complex numbers: give real numbers (x.real if the imaginary part is '
+                          'zero)')
+    if kind == 'b' and not allow_bool:
+        raise PromptError(f'{name} holds booleans, not numbers: give pixel coordinates')
+    if kind == 'O':
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise PromptError(f'{name} must hold numbers only, got {type(x).__name__} with non-numeric items '
+                              f'({e}); remove None / strings / nested lists of unequal length') from None
+        kind = 'f'
+    if kind not in 'biuf':
+        raise PromptError(f'{name} must be numeric, got dtype {arr.dtype} ({type(x).__name__}); give numbers')
+    arr = arr.astype(np.float64)
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+        raise PromptError(f'{name} contains NaN or Inf (first at index {bad}); remove those prompts or give '
+                          'finite values')
     return arr
 
 
-def _points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
-    coords = float_array(point_coords, 'point_coords')
+def float_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a finite float32 array (see :func:`real_array`)."""
+    return real_array(x, name).astype(np.float32)
+
+
+def _where(frame: str, shape: Tuple[int, int]) -> str:
+    h, w = shape
+    if frame == 'input':
+        return (f"the image inside the model's input frame (h={h}, w={w}; predict_torch takes input-frame "
+                'pixels: use predict() for original image pixels)')
+    return f'the image (h={h}, w={w} pixels)'
+
+
+def _check_points(point_coords, point_labels, names, frame, shape) -> Tuple[np.ndarray, np.ndarray]:
+    cname, lname = names
+    coords = real_array(point_coords, cname)
     if coords.ndim == 2:
         coords = coords[None]
-    if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
-        raise PromptError(f'point_coords must have shape (P, 2) for one prompt or (N, P, 2) '
-                          f'as x, y in pixels, got {tuple(np.shape(point_coords))}')
+    if coords.ndim != 3 or coords.shape[-1] != 2:
+        hint = '; one point is [[x, y]]' if coords.shape == (1, 2) or np.shape(point_coords) == (2, ) else ''
+        raise PromptError(f'{cname} must have shape (P, 2) for one prompt or (N, P, 2) for N prompts, as x, y '
+                          f'in pixels; got shape {tuple(np.shape(point_coords))}{hint}')
+    if coords.shape[0] == 0:
+        raise PromptError(f'{cname} holds zero prompts (shape {tuple(coords.shape)}): give at least one point')
+    if coords.shape[1] == 0:
+        raise PromptError(f'{cname} has zero points per prompt (shape {tuple(coords.shape)}): give at least '
+                          'one point, or leave point_coords out')
+    h, w = shape
+    out = (coords < -BORDER_TOL).any(-1) | (coords[..., 0] > w + BORDER_TOL) | (coords[..., 1] > h + BORDER_TOL)
+    if out.any():
+        n, p = np.argwhere(out)[0].tolist()
+        raise PromptError(f'{cname}: point {p} of prompt {n} at ({coords[n, p, 0]:.6g}, {coords[n, p, 1]:.6g}) '
+                          f'is outside {_where(frame, shape)}; points are x, y (column, row): clip them or '
+                          'check their coordinate frame')
     if point_labels is None:
-        return coords, np.ones(coords.shape[:2], dtype=np.int64)
-    labels = to_numpy(point_labels)
+        return coords.astype(np.float32), np.ones(coords.shape[:2], dtype=np.int64)
+    labels = real_array(point_labels, lname, allow_bool=True)
     if labels.ndim == 1 and coords.shape[0] == 1:
         labels = labels[None]
     if labels.shape != coords.shape[:2]:
-        raise PromptError(f'point_labels must have shape {coords.shape[:2]} to match '
-                          f'point_coords, got {tuple(labels.shape)}')
-    if not np.issubdtype(labels.dtype, np.number) or not np.isfinite(labels).all():
-        raise PromptError('point_labels must be numbers (1 foreground, 0 background, -1 ignore)')
+        raise PromptError(f'{lname} must have shape {coords.shape[1:2] if coords.shape[0] == 1 else ""}'
+                          f'{tuple(coords.shape[:2])} to match {cname} (one label per point), got '
+                          f'{tuple(np.shape(point_labels))}')
     if not np.isin(labels, (-1, 0, 1)).all():
-        raise PromptError(f'point_labels must be 1 (foreground), 0 (background) or -1 '
-                          f'(padding), got values {sorted(set(labels.ravel().tolist()))[:6]}')
-    return coords, labels.astype(np.int64)
+        bad = sorted(set(labels[~np.isin(labels, (-1, 0, 1))].ravel().tolist()))[:6]
+        raise PromptError(f'{lname} must be 1 (foreground), 0 (background) or -1 (padding), got values {bad}')
+    return coords.astype(np.float32), labels.astype(np.int64)
 
 
-def _boxes(box) -> np.ndarray:
-    boxes = float_array(box, 'box')
+def _check_boxes(box, name, frame, shape) -> np.ndarray:
+    boxes = real_array(box, name)
     if boxes.ndim == 1:
         boxes = boxes[None]
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
-        raise PromptError(f'box must have shape (4,) or (N, 4) as x1, y1, x2, y2, got {tuple(np.shape(box))}')
-    return boxes
+        raise PromptError(f'{name} must have shape (4,) or (N, 4) as x1, y1, x2, y2 in pixels, got shape '
+                          f'{tuple(np.shape(box))}')
+    if boxes.shape[0] == 0:
+        raise PromptError(f'{name} holds zero prompts (shape {tuple(boxes.shape)}): give at least one box, or '
+                          'leave it out')
+    bad = np.nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
+    if len(bad):
+        raise PromptError(f'{name}: degenerate boxes (x2 <= x1 or y2 <= y1) at indices {bad[:5].tolist()}, e.g. '
+                          f'{boxes[bad[0]].tolist()}: boxes are x1, y1, x2, y2 corners in pixels, not x, y, w, h')
+    h, w = shape
+    out = (boxes[:, :2] < -BORDER_TOL).any(1) | (boxes[:, 2] > w + BORDER_TOL) | (boxes[:, 3] > h + BORDER_TOL)
+    if out.any():
+        i = int(np.nonzero(out)[0][0])
+        raise PromptError(f'{name}: box {i} {boxes[i].tolist()} is outside {_where(frame, shape)}: clip the '
+                          'boxes to the image or check their coordinate frame')
+    return boxes.astype(np.float32)
 
 
-def _mask_inputs(mask_input, size: Tuple[int, int]) -> np.ndarray:
-    masks = float_array(mask_input, 'mask_input')
+def _check_masks(mask_input, name, size) -> np.ndarray:
+    masks = real_array(mask_input, name)
     if masks.ndim == 2:
         masks = masks[None, None]
     elif masks.ndim == 3:
         masks = masks[:, None]
     if masks.ndim != 4 or masks.shape[1] != 1 or tuple(masks.shape[-2:]) != tuple(size):
-        raise PromptError(f'mask_input must be low-res logits of shape (N, 1, {size[0]}, {size[1]}) '
-                          f'(the low_res_logits of an earlier prediction), got {tuple(np.shape(mask_input))}')
-    return masks
+        raise PromptError(f'{name} must be low-res logits of shape (N, 1, {size[0]}, {size[1]}) (the '
+                          f'low_res_logits of an earlier prediction), got shape {tuple(np.shape(mask_input))}')
+    if masks.shape[0] == 0:
+        raise PromptError(f'{name} holds zero prompts: give one (1, {size[0]}, {size[1]}) map per prompt')
+    big = float(np.abs(masks).max())
+    if big > MAX_MASK_LOGIT:
+        raise PromptError(f'{name} holds values up to {big:.3g}, beyond +-{MAX_MASK_LOGIT:g}: it must hold mask '
+                          'logits (e.g. the low_res_logits of an earlier prediction; larger values overflow '
+                          'the prompt encoder): clip them, e.g. np.clip(x, -20, 20)')
+    return masks.astype(np.float32)
+
+
+def check_prompt_arrays(point_coords: Optional[ArrayLike],
+                        point_labels: Optional[ArrayLike],
+                        box: Optional[ArrayLike],
+                        mask_input: Optional[ArrayLike],
+                        image_shape: Tuple[int, int],
+                        mask_input_size: Tuple[int, int],
+                        frame: str = 'original',
+                        box_name: str = 'box') -> PromptArrays:
+    """The one prompt check of both predictor entry points.
+
+    ``frame='original'``: coordinates in original image pixels, ``image_shape``
+    is the original (h, w) (``predict``); ``frame='input'``: coordinates in
+    the model's input frame, ``image_shape`` is the resized image inside it
+    (``predict_torch``). Points and boxes may lie up to :data:`BORDER_TOL`
+    pixels beyond the border.
+
+    Rules: ``point_coords`` (P, 2) / (N, P, 2); ``point_labels`` (P,) / (N, P)
+    of 1 (foreground), 0 (background), -1 (padding; booleans are read as 1/0),
+    all 1 when not given; ``box`` (4,) / (N, 4) corners with x2 > x1, y2 > y1;
+    ``mask_input`` (N, 1, 4E, 4E) logits with |value| <= :data:`MAX_MASK_LOGIT`.
+    Every given prompt type needs the same N >= 1. A prompt needs something
+    that says where the object is: a foreground point, a box or a mask input
+    (background points alone are a :class:`PromptError`). Values must be real,
+    finite numbers (no complex numbers, booleans as coordinates, strings or
+    ``None``); finite but huge coordinates are outside the image.
+
+    Returns:
+        :class:`PromptArrays`, fresh copies (never the caller's memory).
+    Raises:
+        PromptError (a ``ValueError``) naming the argument and the fix.
+    """
+    if frame not in ('original', 'input'):
+        raise ValueError(f"frame must be 'original' or 'input', got {frame!r}")
+    shape = tuple(int(s) for s in image_shape)
+    counts = {}
+    coords = labels = boxes = masks = None
+    if point_coords is not None:
+        coords, labels = _check_points(point_coords, point_labels, ('point_coords', 'point_labels'), frame, shape)
+        counts['point_coords'] = coords.shape[0]
+    elif point_labels is not None:
+        raise PromptError('point_labels given without point_coords: give the points too, or leave the labels out')
+    if box is not None:
+        boxes = _check_boxes(box, box_name, frame, shape)
+        counts[box_name] = boxes.shape[0]
+    if mask_input is not None:
+        masks = _check_masks(mask_input, 'mask_input', mask_input_size)
+        counts['mask_input'] = masks.shape[0]
+    if not counts:
+        raise PromptError(f'no prompt: give point_coords, {box_name} and/or mask_input')
+    if len(set(counts.values())) > 1:
+        shown = ', '.join(f'{k} has {v}' for k, v in counts.items())
+        raise PromptError(f'prompt counts differ ({shown} prompts): every prompt type needs one row per prompt '
+                          '(the same N); repeat a shared box or point per prompt')
+    if coords is not None and boxes is None and masks is None:
+        no_fg = ~(labels == 1).any(1)
+        if no_fg.any():
+            i = int(np.nonzero(no_fg)[0][0])
+            raise PromptError(f'prompt {i} has no foreground point (point_labels {labels[i].tolist()}): background '
+                              '(0) and padding (-1) points only say where the object is NOT; add a point with '
+                              f'label 1, or a {box_name} or mask_input')
+    return PromptArrays(coords, labels, boxes, masks)
 
 
 def transform_prompts(point_coords, point_labels, box, mask_input, meta: Dict[str, Any],
@@ -180,41 +423,23 @@ def transform_prompts(point_coords, point_labels, box, mask_input, meta: Dict[st
 
     Returns ``(point_coords (N, P, 2), point_labels (N, P), boxes (N, 4),
     mask_input (N, 1, 4E, 4E))`` as tensors on ``device`` (None where not given).
-    Raises :class:`PromptError` for wrong shapes, NaN, unequal prompt counts,
-    boxes or points outside the image.
+    Raises :class:`PromptError` as :func:`check_prompt_arrays`.
     """
-    counts = {}
-    coords = labels = boxes = masks = None
-    if point_coords is not None:
-        coords, labels = _points(point_coords, point_labels)
-        counts['point_coords'] = coords.shape[0]
-    elif point_labels is not None:
-        raise PromptError('point_labels given without point_coords')
-    if box is not None:
-        boxes = _boxes(box)
-        counts['box'] = boxes.shape[0]
-    if mask_input is not None:
-        masks = _mask_inputs(mask_input, mask_input_size)
-        counts['mask_input'] = masks.shape[0]
-    if not counts:
-        raise PromptError('no prompt: give point_coords, box and/or mask_input')
-    if len(set(counts.values())) > 1:
-        raise PromptError(f'prompt counts differ: {counts}; every prompt type needs the same N')
-    if min(counts.values()) == 0:
-        raise PromptError('zero prompts given')
-    inst = InstanceData()
-    if coords is not None:
-        inst.point_coords = torch.from_numpy(coords)
-    if boxes is not None:
-        inst.bboxes = torch.from_numpy(boxes)
-    check_prompts(inst, meta['ori_shape'])
+    p = check_prompt_arrays(point_coords, point_labels, box, mask_input, meta['ori_shape'], mask_input_size,
+                            frame='original')
     scale = np.array(meta['scale_factor'], dtype=np.float32)
+    p = p._replace(point_coords=None if p.point_coords is None else p.point_coords * scale,
+                   boxes=None if p.boxes is None else p.boxes * np.tile(scale, 2))
+    return p.to_tensors(device)
 
-    def tensor(a):
-        return None if a is None else torch.from_numpy(a).to(device)
 
-    return (tensor(None if coords is None else coords * scale), tensor(labels),
-            tensor(None if boxes is None else boxes * np.tile(scale, 2)), tensor(masks))
+def check_input_frame_prompts(point_coords, point_labels, boxes, mask_input, meta: Dict[str, Any],
+                              mask_input_size: Tuple[int, int], device) -> Tuple[Optional[Tensor], ...]:
+    """The checks of :func:`transform_prompts` for prompts already in the model's
+    input frame (``predict_torch``): same rules, bounds of the resized image."""
+    p = check_prompt_arrays(point_coords, point_labels, boxes, mask_input, meta['img_shape'], mask_input_size,
+                            frame='input', box_name='boxes')
+    return p.to_tensors(device)
 
 
 def clip_boxes(boxes: Tensor, shape: Tuple[int, int]) -> Tensor:
@@ -222,3 +447,95 @@ def clip_boxes(boxes: Tensor, shape: Tuple[int, int]) -> Tensor:
     h, w = shape
     return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
                         boxes[:, 3].clamp(0, h)], dim=1)
+
+
+# ---------------------------------------------------------------- options
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dtype == torch.bool)
+
+
+def check_int(value: Any, name: str, minimum: Optional[int] = None, fix: str = '') -> int:
+    """``value`` as an int >= ``minimum``; booleans and non-integral numbers are rejected."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and not _is_bool(value) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f'{name} must be an integer, got {type(value).__name__} {value!r}'
+                             f'{"; " + fix if fix else ""}')
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f'{name} must be >= {minimum}, got {value}{"; " + fix if fix else ""}')
+    return value
+
+
+def check_float(value: Any, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                fix: str = '') -> float:
+    """``value`` as a finite float in [lo, hi]; booleans, strings and NaN are rejected."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise ValueError(f'{name} must be a number, got {type(value).__name__} {value!r}')
+    value = float(value)
+    if lo is not None and hi is not None:
+        rng = f'in [{lo:g}, {hi:g}]'
+    elif lo is not None or hi is not None:
+        rng = f'>= {lo:g}' if lo is not None else f'<= {hi:g}'
+    else:
+        rng = '(not NaN or Inf)'
+    if not np.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f'{name} must be a finite number {rng}, got {value!r}{"; " + fix if fix else ""}')
+    return value
+
+
+def check_top_k(top_k: Any, num_classes: int, name: str = 'top_k') -> int:
+    """How many classes to report: ``None`` means all of them; an integer >= 1
+    is capped at the vocabulary size."""
+    if top_k is None:
+        return max(1, int(num_classes))
+    k = check_int(top_k, name, 1, fix='give how many classes to report per prompt, or None for all')
+    return max(1, min(k, int(num_classes)))
+
+
+def check_class_indices(classes: Any, class_names: Sequence[str], name: str = 'seen_classes') -> list:
+    """Class indices (ints) or names of ``class_names`` -> sorted-by-input list of indices.
+
+    Booleans are not indices (``[True]`` is rejected, not read as class 1);
+    out-of-range indices, unknown names and duplicates are errors.
+    """
+    from ..vocabulary import match_class
+    if isinstance(classes, str):
+        classes = [classes]
+    if isinstance(classes, (Tensor, np.ndarray)):
+        if classes.dtype in (torch.bool, np.bool_):
+            raise ValueError(f'{name} is a boolean mask; give class indices or names (e.g. '
+                             f'np.nonzero(mask)[0].tolist())')
+        classes = classes.tolist()
+    try:
+        items = list(classes)
+    except TypeError:
+        raise TypeError(f'{name} must be a list of class indices or names, got {type(classes).__name__}') \
+            from None
+    k = len(class_names)
+    out = []
+    for c in items:
+        if _is_bool(c):
+            raise ValueError(f'{name} holds the boolean {c!r}: booleans are not class indices; give indices '
+                             f'(0..{k - 1}) or class names')
+        if isinstance(c, str):
+            idx = match_class(c, class_names)
+            if idx is None:
+                raise ValueError(f'{name}: class {c!r} is not in the vocabulary {list(class_names)[:8]}'
+                                 f'{" ..." if k > 8 else ""}; give a name of the vocabulary or its index')
+        elif isinstance(c, numbers.Integral):
+            idx = int(c)
+            if not 0 <= idx < k:
+                raise ValueError(f'{name}: class index {idx} is not in the vocabulary (0..{k - 1})')
+        else:
+            raise ValueError(f'{name}: {c!r} ({type(c).__name__}) is neither a class index (int) nor a class '
+                             'name (str)')
+        if idx in out:
+            raise ValueError(f'{name}: class {c!r} (index {idx}) is given twice; give each class once')
+        out.append(idx)
+    return out

@@ -4,11 +4,11 @@
 facade over an :class:`~ovsam.models.OVSAM` that holds the current image's
 state. ``set_image`` runs the image side (frozen CLIP, SAM2CLIP adapter, FPN)
 once; every ``predict`` call converts the prompts from original pixels to the
-model's input frame (:mod:`ovsam.apis.inputs`), and the model's own per-prompt
-methods (:meth:`OVSAM.predict_prompts`: decode, recognise, the class split and
-ensemble) do the rest. Every prompt gets a class from the current vocabulary,
-which can be changed at any time (``set_vocabulary``; text embeddings come from
-:class:`ovsam.vocabulary.TextEncoder`).
+model's input frame (:mod:`ovsam.apis.inputs`, which also holds every input
+check), and the model's own per-prompt methods (:meth:`OVSAM.predict_prompts`:
+decode, recognise, the class split and ensemble) do the rest. Every prompt gets
+a class from the current vocabulary, which can be changed at any time
+(``set_vocabulary``; text embeddings come from :class:`ovsam.vocabulary.TextEncoder`).
 
 Example::
 
@@ -22,7 +22,9 @@ Example::
     out2 = p.predict(point_coords=[[50, 60]], mask_input=out.low_res_logits)  # refine
 """
 import os.path as osp
-from dataclasses import dataclass
+import threading
+import types
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,9 +36,11 @@ from ..models.ovsam import ImageFeatures
 from ..models.prompts import PromptError
 from ..vocabulary import (TextEncoder, check_class_names, load_text_embeddings, match_class, pad_synonyms,
                           resolve_vocabulary)
-from .inputs import ArrayLike, clip_boxes, image_to_rgb, preprocess_image, to_numpy, transform_prompts
+from .inputs import (ArrayLike, check_class_indices, check_input_frame_prompts, check_top_k, clip_boxes,
+                     image_to_rgb, preprocess_image, to_numpy, transform_prompts)
 
-__all__ = ['ImageState', 'OVSAMPredictor', 'OVSAMPrediction', 'PromptError', 'default_tiny_config']
+__all__ = ['ImageState', 'OVSAMPredictor', 'OVSAMPrediction', 'PromptError', 'VocabularyState',
+           'default_tiny_config']
 
 
 def default_tiny_config() -> str:
@@ -47,6 +51,45 @@ def default_tiny_config() -> str:
         raise FileNotFoundError(f'{path} is missing: the ovsam package was installed without its configs '
                                 '(reinstall it with pip install -e . or from a wheel built by setup.py)')
     return path
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """Everything :meth:`OVSAMPredictor.set_image` computed for one image.
+
+    Never changed after it is made (the predictor's image array is read-only
+    and ``meta`` a read-only mapping): a prediction made with a state answers
+    for that image, whatever happens to the predictor meanwhile.
+    """
+    image: np.ndarray  #: (H, W, 3) RGB, uint8 or float32 in 0..255
+    meta: Dict[str, Any]  #: ori_shape, img_shape, scale_factor, batch_input_shape, pad_shape
+    inputs: Tensor  #: (1, 3, S, S) the model's input
+    feats: ImageFeatures  #: the model's image-side features
+
+
+@dataclass(frozen=True)
+class VocabularyState:
+    """One vocabulary as the predictor uses it: replaced as a whole, never changed.
+
+    ``cls_embed`` is the classifier's (D, K + 1, P) buffer (unit-norm text
+    embeddings, background last) and ``split`` the model's class-split
+    attributes for this vocabulary (see :meth:`OVSAM.set_class_split`).
+    """
+    class_names: Tuple[str, ...]
+    cls_embed: Tensor = field(repr=False)
+    split: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def embeddings(self) -> Tensor:
+        """(K, P, D) unit-norm text embeddings (a CPU copy)."""
+        return self.cls_embed.permute(1, 2, 0)[:-1].detach().cpu().clone()
+
+    def find(self, query: str) -> Optional[int]:
+        """Index of the class sharing a synonym with ``query``, or None."""
+        return match_class(query, self.class_names)
 
 
 @dataclass
@@ -67,6 +110,8 @@ class OVSAMPrediction:
             removed, so rows may sum to less than 1).
         logits: (N, H, W) mask logits at the original size (only with
             ``return_logits=True``).
+        image_state / vocabulary: the image and the vocabulary this answer is
+            for (those current when the call started, or the pinned ones).
     """
     masks: np.ndarray
     low_res_logits: np.ndarray
@@ -81,18 +126,21 @@ class OVSAMPrediction:
     topk_names: List[List[str]]
     class_probs: np.ndarray
     logits: Optional[np.ndarray] = None
+    image_state: Optional[ImageState] = field(default=None, repr=False, compare=False)
+    vocabulary: Optional[VocabularyState] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
 
 
-@dataclass(frozen=True)
-class ImageState:
-    """Everything :meth:`OVSAMPredictor.set_image` computed for one image."""
-    image: np.ndarray  #: (H, W, 3) RGB, uint8 or float32 in 0..255
-    meta: Dict[str, Any]  #: ori_shape, img_shape, scale_factor, batch_input_shape, pad_shape
-    inputs: Tensor  #: (1, 3, S, S) the model's input
-    feats: ImageFeatures  #: the model's image-side features
+# The model attributes that make up its class split (OVSAMFrequencySplit adds
+# the flag of its lazily read split).
+_SPLIT_ATTRS = ('base_classes', 'novel_classes', '_split_resolved')
+
+
+def _split_of(model) -> Tuple[Tuple[str, Any], ...]:
+    values = [(a, getattr(model, a)) for a in _SPLIT_ATTRS if hasattr(model, a)]
+    return tuple((a, tuple(v) if isinstance(v, list) else v) for a, v in values)
 
 
 class OVSAMPredictor:
@@ -113,6 +161,25 @@ class OVSAMPredictor:
             :func:`ovsam.models.fast_inference.optimize_for_inference` (same
             weights, same outputs up to float rounding; ``False`` keeps the
             modules as released).
+
+    Thread safety: one predictor may be shared by several threads. The current
+    image is an immutable :class:`ImageState` and the current vocabulary an
+    immutable :class:`VocabularyState`; each is replaced by one attribute
+    assignment (``set_image``, ``set_vocabulary*``, ``add_class``; vocabulary
+    changes are serialised by a lock, so two ``add_class`` calls never lose a
+    class). Every ``predict`` / ``predict_torch`` call reads both ONCE when it
+    starts and answers for exactly that image and that vocabulary; the result
+    carries them (``OVSAMPrediction.image_state`` / ``.vocabulary``). The
+    model's classifier holds the vocabulary as mutable buffers, so the prompt
+    side of the model runs under a lock, with the call's vocabulary installed.
+    Which image or vocabulary is current when a call starts is up to the
+    callers: a ``set_image`` in one thread racing a ``predict`` in another is
+    answered for one of the two images, consistently. To pin them, pass
+    ``image_state=`` (from :attr:`image_state` or :meth:`compute_image_state`)
+    and ``vocabulary=`` (from :attr:`vocabulary`). Nothing shared is left
+    changed by a call that fails. Changing ``predictor.model``'s classifier or
+    class split directly is noticed at the next call and adopted as the
+    current vocabulary.
     """
 
     def __init__(self,
@@ -126,6 +193,9 @@ class OVSAMPredictor:
                  random_text_seed: int = 0,
                  cache_dir: Optional[str] = None,
                  fast: bool = True) -> None:
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, 'predict_prompts'):
+            raise TypeError(f'model must be an ovsam.models.OVSAM, got {type(model).__name__}; build one with '
+                            'OVSAMPredictor.from_config(config, checkpoint)')
         if device is not None:
             model = model.to(device)
         if fast:
@@ -139,7 +209,14 @@ class OVSAMPredictor:
                                        allow_random=allow_random_text, random_seed=random_text_seed,
                                        cache_dir=cache_dir, text_model=text_encoder)
         self.text_encoder = text_encoder
+        self._vocab_lock = threading.RLock()  # vocabulary changes (read-modify-write)
+        self._model_lock = threading.RLock()  # the model's vocabulary buffers while a prompt runs
+        self._image_lock = threading.Lock()  # image-state changes
         self._state: Optional[ImageState] = None
+        self._active: Optional[VocabularyState] = None  # what the model holds now
+        self._vocab: Optional[VocabularyState] = None  # the current vocabulary
+        with self._model_lock:
+            self._vocab = self._capture()
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -212,16 +289,29 @@ class OVSAMPredictor:
 
     @property
     def image_state(self) -> ImageState:
-        """The current image's :class:`ImageState` (give it back to :meth:`restore_image_state`)."""
-        if self._state is None:
+        """The current image's :class:`ImageState` (pass it as ``image_state=``
+        to pin a prediction to it, or to :meth:`restore_image_state`)."""
+        state = self._state
+        if state is None:
             raise RuntimeError('no image set: call set_image(image) before predict()')
-        return self._state
+        return state
+
+    def _check_state(self, state: Any) -> ImageState:
+        if not isinstance(state, ImageState):
+            raise TypeError(f'image_state must be an ImageState from OVSAMPredictor.image_state or '
+                            f'compute_image_state(), got {type(state).__name__}')
+        size = self.input_size
+        if tuple(state.inputs.shape[-2:]) != (size, size):
+            raise ValueError(f'image_state was made for an input of {tuple(state.inputs.shape[-2:])}, but this '
+                             f'model takes {size}x{size}: compute it with this predictor (compute_image_state)')
+        return state
 
     def restore_image_state(self, state: Optional[ImageState]) -> None:
         """Make ``state`` (from :attr:`image_state`) the current image again, without recomputing it."""
-        if state is not None and not isinstance(state, ImageState):
-            raise TypeError(f'expected an ImageState from OVSAMPredictor.image_state, got {type(state).__name__}')
-        self._state = state
+        if state is not None:
+            self._check_state(state)
+        with self._image_lock:
+            self._state = state
 
     @property
     def original_size(self) -> Tuple[int, int]:
@@ -229,7 +319,7 @@ class OVSAMPredictor:
 
     @property
     def original_image(self) -> np.ndarray:
-        """The current image as (H, W, 3) RGB (uint8, or float32 in 0..255)."""
+        """The current image as (H, W, 3) RGB (uint8, or float32 in 0..255; read-only)."""
         return self.image_state.image
 
     @property
@@ -238,31 +328,86 @@ class OVSAMPredictor:
         return tuple(self.image_state.meta['scale_factor'])
 
     def reset_image(self) -> None:
-        self._state = None
+        with self._image_lock:
+            self._state = None
 
     @torch.no_grad()
-    def set_image(self, image: Any, image_format: str = 'RGB') -> None:
-        """Preprocess ``image`` like the model's test pipeline and cache its features
-        (see :func:`ovsam.apis.inputs.preprocess_image`)."""
+    def compute_image_state(self, image: Any, image_format: str = 'RGB') -> ImageState:
+        """The :class:`ImageState` of ``image`` WITHOUT making it the current image
+        (for ``predict(..., image_state=...)``). ``image`` is copied and
+        converted by :func:`ovsam.apis.inputs.image_to_rgb` (16-bit and float
+        images are scaled from their range; see there), then preprocessed like
+        the model's test pipeline (:func:`ovsam.apis.inputs.preprocess_image`)."""
         rgb = image_to_rgb(image, image_format)
+        rgb.flags.writeable = False
         inputs, meta = preprocess_image(self.model, rgb, self.input_size, self.device)
-        self._state = ImageState(image=rgb, meta=meta, inputs=inputs, feats=self.model.extract_feat(inputs))
+        feats = self.model.extract_feat(inputs)
+        return ImageState(image=rgb, meta=types.MappingProxyType(meta), inputs=inputs, feats=feats)
+
+    def set_image(self, image: Any, image_format: str = 'RGB') -> None:
+        """Make ``image`` the current image (:meth:`compute_image_state`). If it
+        raises, the previous image stays current."""
+        state = self.compute_image_state(image, image_format)
+        with self._image_lock:
+            self._state = state
 
     def get_image_embedding(self) -> Tensor:
         """The cached SAM-style image embedding (1, C, E, E)."""
         return self.image_state.feats.image_embed
 
     # ------------------------------------------------------------ vocabulary
-    @property
-    def class_names(self) -> List[str]:
+    def _model_holds(self, vocab: Optional[VocabularyState]) -> bool:
+        clf = self.model.mask_decoder.classifier
+        if vocab is None:
+            return clf.num_classes <= 0
+        return (clf.cls_embed is vocab.cls_embed and list(clf.class_names or []) == list(vocab.class_names)
+                and _split_of(self.model) == vocab.split)
+
+    def _capture(self) -> Optional[VocabularyState]:
+        """The model's own vocabulary as a VocabularyState (model lock held)."""
         clf = self.model.mask_decoder.classifier
         if clf.num_classes <= 0:
-            return []
-        return list(clf.class_names or [f'class{i}' for i in range(clf.num_classes)])
+            vocab = None
+        else:
+            if not clf.class_names:
+                clf.class_names = [f'class{i}' for i in range(clf.num_classes)]
+            vocab = VocabularyState(tuple(clf.class_names), clf.cls_embed, _split_of(self.model))
+        self._active = vocab
+        return vocab
+
+    def _sync(self) -> None:
+        """Adopt direct changes to the model's classifier or split (model lock held)."""
+        if not self._model_holds(self._active):
+            self._vocab = self._capture()
+
+    def _activate(self, vocab: VocabularyState) -> None:
+        """Put ``vocab`` into the model's classifier and split (model lock held)."""
+        if self._active is vocab and self._model_holds(vocab):
+            return
+        clf, model = self.model.mask_decoder.classifier, self.model
+        clf.cls_embed = vocab.cls_embed
+        clf.class_names = list(vocab.class_names)
+        for name, value in vocab.split:
+            setattr(model, name, list(value) if isinstance(value, tuple) else value)
+        self._active = vocab
+
+    @property
+    def vocabulary(self) -> Optional[VocabularyState]:
+        """The current :class:`VocabularyState` (None without a vocabulary);
+        pass it as ``vocabulary=`` to pin a prediction to it."""
+        with self._model_lock:
+            self._sync()
+            return self._vocab
+
+    @property
+    def class_names(self) -> List[str]:
+        vocab = self.vocabulary
+        return [] if vocab is None else list(vocab.class_names)
 
     @property
     def num_classes(self) -> int:
-        return max(self.model.mask_decoder.classifier.num_classes, 0)
+        vocab = self.vocabulary
+        return 0 if vocab is None else vocab.num_classes
 
     def encode_class_names(self, names: Sequence[str]) -> Tensor:
         """(K, P, D) text embeddings of ``names`` (:meth:`TextEncoder.encode`)."""
@@ -273,16 +418,19 @@ class OVSAMPredictor:
                        embeddings: Optional[Tensor] = None,
                        seen_classes: Optional[Sequence[Union[int, str]]] = None) -> None:
         """Recognise ``names`` from now on (one class per item; commas inside
-        an item separate synonyms). ``embeddings`` (K, P, D) skips the text
-        tower. ``seen_classes`` (indices or names) are the classes the head was
-        trained on: they lean on the head (alpha), all others on frozen CLIP
-        (beta); by default every class counts as unseen, as in the released
-        code without a split.
+        an item separate synonyms; a single string is one class). ``embeddings``
+        (K, P, D) or (K, D) skips the text tower. ``seen_classes`` (indices or
+        names; not booleans) are the classes the head was trained on: they lean
+        on the head (alpha), all others on frozen CLIP (beta); by default every
+        class counts as unseen, as in the released code without a split. On
+        any error the previous vocabulary stays.
         """
-        names = [names] if isinstance(names, str) else list(names)
-        if embeddings is None:
-            embeddings = self.encode_class_names(names)
-        self._install(torch.as_tensor(embeddings), names, seen_classes)
+        names = check_class_names([names] if isinstance(names, str) else names)
+        seen = None if seen_classes is None else check_class_indices(seen_classes, names)
+        with self._vocab_lock:
+            if embeddings is None:
+                embeddings = self.encode_class_names(names)
+            self._install(embeddings, names, None if seen is None else (seen, None))
 
     def set_vocabulary_file(self, path: str, class_names: Optional[Any] = None,
                             seen_classes: Optional[Sequence[Union[int, str]]] = None) -> None:
@@ -290,7 +438,10 @@ class OVSAMPredictor:
         or an official bare ``[classes, synonyms, dim]`` tensor with ``class_names``
         (a list or a spec such as ``'lvis'``)."""
         emb, names = load_text_embeddings(path, class_names=class_names)
-        self._install(emb, names, seen_classes)
+        names = check_class_names(names)
+        seen = None if seen_classes is None else check_class_indices(seen_classes, names)
+        with self._vocab_lock:
+            self._install(emb, names, None if seen is None else (seen, None))
 
     def set_vocabulary_spec(self, spec: Union[str, Sequence[str]]) -> None:
         """Any vocabulary spec of :func:`ovsam.vocabulary.resolve_vocabulary`: an
@@ -302,64 +453,121 @@ class OVSAMPredictor:
         else:
             self.set_vocabulary(vocab.class_names)
 
-    def _install(self, emb: Tensor, names: List[str], seen_classes) -> None:
-        names = check_class_names(names)
+    def _embedding_tensor(self, emb: Any, names: List[str]) -> Tensor:
+        if not isinstance(emb, Tensor):
+            try:
+                emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f'embeddings must be a (classes, synonyms, dim) float tensor, got '
+                                 f'{type(emb).__name__} ({e})') from None
+        if emb.is_complex() or not emb.is_floating_point():
+            raise ValueError(f'embeddings must be a float tensor, got dtype {emb.dtype}')
         dim = self.model.mask_decoder.embed_dim
         if emb.dim() == 2:
             emb = emb[:, None]
         if emb.dim() != 3 or emb.shape[-1] != dim:
             raise ValueError(f'text embeddings of shape {tuple(emb.shape)} do not fit this model: it needs '
                              f'(classes, synonyms, {dim}); they were made with another CLIP model')
-        seen = None
-        if seen_classes is not None:
-            seen = []
-            for c in seen_classes:
-                idx = c if isinstance(c, (int, np.integer)) else match_class(str(c), names)
-                if idx is None or not 0 <= int(idx) < len(names):
-                    raise ValueError(f'seen class {c!r} is not in the vocabulary')
-                seen.append(int(idx))
-        same_classes = list(names) == self.class_names
-        self.model.mask_decoder.classifier.set_vocabulary(emb.to(self.device), names)
-        # The model's class split belongs to its vocabulary: kept when the same
-        # classes come back (e.g. as a file), replaced for other classes.
-        if seen is not None or not same_classes:
-            self.model.set_class_split(seen)
+        if emb.shape[0] != len(names) or emb.shape[1] == 0:
+            raise ValueError(f'embeddings hold {emb.shape[0]} classes x {emb.shape[1]} synonyms for '
+                             f'{len(names)} class names: give one row (with >= 1 synonym) per name')
+        if not torch.isfinite(emb).all():
+            raise ValueError('embeddings contain NaN or Inf: re-create them (tools/gen_text_embeddings.py)')
+        if (emb.flatten(1).norm(dim=1) == 0).any():
+            bad = torch.nonzero(emb.flatten(1).norm(dim=1) == 0)[:, 0].tolist()[:5]
+            raise ValueError(f'embeddings of classes {bad} are all zero (the background embedding): '
+                             're-create them')
+        return emb.detach().float()
+
+    def _install(self, emb: Any, names: List[str], split: Optional[Tuple[list, Optional[list]]]) -> None:
+        """Make (``emb``, ``names``) the vocabulary; ``split`` = (base, novel), or
+        None: the current split when the classes are the same, else none."""
+        emb = self._embedding_tensor(emb, names)
+        for ids in (split or ()):
+            if ids is not None and any(not 0 <= i < len(names) for i in ids):
+                raise ValueError(f'class split {ids} does not fit a vocabulary of {len(names)} classes')
+        model, clf = self.model, self.model.mask_decoder.classifier
+        with self._vocab_lock, self._model_lock:
+            self._sync()
+            old = self._vocab
+            saved = (clf.cls_embed, clf.class_names, _split_of(model))
+            try:
+                clf.set_vocabulary(emb.to(self.device), names)
+                if split is not None:
+                    model.set_class_split(*split)
+                elif old is not None and list(names) == list(old.class_names):
+                    # the model's class split belongs to its vocabulary: kept when
+                    # the same classes come back (e.g. as a file)
+                    for attr, value in old.split:
+                        setattr(model, attr, list(value) if isinstance(value, tuple) else value)
+                else:
+                    model.set_class_split(None)
+                new = VocabularyState(tuple(names), clf.cls_embed, _split_of(model))
+            except BaseException:
+                clf.cls_embed, clf.class_names = saved[0], saved[1]
+                for attr, value in saved[2]:
+                    setattr(model, attr, list(value) if isinstance(value, tuple) else value)
+                raise
+            self._active = new
+            self._vocab = new
 
     def vocabulary_embeddings(self) -> Tensor:
         """Current (K, P, D) unit-norm text embeddings."""
-        cls_embed = self.model.mask_decoder.classifier.cls_embed
-        return cls_embed.permute(1, 2, 0)[:-1].detach().cpu()
+        vocab = self._require_vocabulary()
+        return vocab.embeddings()
 
     def find_class(self, query: str) -> Optional[int]:
         """Index of the class sharing a synonym with ``query``, or None."""
-        return match_class(query, self.class_names)
+        if not isinstance(query, str):
+            raise TypeError(f'query must be a class name (str), got {type(query).__name__} {query!r}')
+        vocab = self.vocabulary
+        return None if vocab is None else vocab.find(query)
 
     def add_class(self, name: str) -> int:
         """Index of ``name`` in the vocabulary, appending it (embedded by the
         text tower) when no class shares one of its synonyms. The model's class
         split is kept; a new class counts as unseen."""
-        idx = self.find_class(name)
-        if idx is not None:
-            return idx
-        names = self.class_names
-        new = self.encode_class_names([name])[0]
-        emb = pad_synonyms(list(self.vocabulary_embeddings()) + [new]) if names else new[None]
-        model = self.model
-        if names:
-            model.class_split(len(names))  # resolve a lazily read split before it is extended
-        base, novel = model.base_classes, model.novel_classes
-        model.mask_decoder.classifier.set_vocabulary(emb.to(self.device), names + [name])
-        model.set_class_split(base, None if novel is None else list(novel) + [len(names)])
-        return len(names)
+        name = check_class_names([name])[0]
+        with self._vocab_lock:
+            vocab = self.vocabulary
+            idx = None if vocab is None else vocab.find(name)
+            if idx is not None:
+                return idx
+            new = self.encode_class_names([name])[0]
+            if vocab is None:
+                self._install(new[None], [name], None)
+                return 0
+            k = vocab.num_classes
+            with self._model_lock:
+                self._activate(vocab)
+                self.model.class_split(k)  # resolve a lazily read split before it is extended
+                base, novel = self.model.base_classes, self.model.novel_classes
+            split = (None if base is None else list(base), None if novel is None else list(novel) + [k])
+            emb = pad_synonyms(list(vocab.embeddings()) + [new])
+            self._install(emb, list(vocab.class_names) + [name], split)
+            return k
 
     # ------------------------------------------------------------ predict
-    def transform_prompts(self, point_coords=None, point_labels=None, box=None,
-                          mask_input=None) -> Tuple[Optional[Tensor], ...]:
+    def _pin(self, image_state: Optional[ImageState], vocabulary: Optional[VocabularyState],
+             ) -> Tuple[ImageState, VocabularyState]:
+        st = self.image_state if image_state is None else self._check_state(image_state)
+        if vocabulary is None:
+            vocab = self._require_vocabulary()
+        elif not isinstance(vocabulary, VocabularyState):
+            raise TypeError(f'vocabulary must be a VocabularyState from OVSAMPredictor.vocabulary, got '
+                            f'{type(vocabulary).__name__}; use set_vocabulary(names) to change the vocabulary')
+        else:
+            vocab = vocabulary
+        return st, vocab
+
+    def transform_prompts(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                          image_state: Optional[ImageState] = None) -> Tuple[Optional[Tensor], ...]:
         """Prompts in ORIGINAL pixels -> checked tensors in the model's input frame
         (``point_coords``, ``point_labels``, ``boxes``, ``mask_input``) for
-        :meth:`predict_torch`."""
-        return transform_prompts(point_coords, point_labels, box, mask_input, self.image_state.meta,
-                                 self.mask_input_size, self.device)
+        :meth:`predict_torch` (:func:`ovsam.apis.inputs.check_prompt_arrays`)."""
+        st = self.image_state if image_state is None else self._check_state(image_state)
+        return transform_prompts(point_coords, point_labels, box, mask_input, st.meta, self.mask_input_size,
+                                 self.device)
 
     @torch.no_grad()
     def predict_torch(self,
@@ -367,37 +575,45 @@ class OVSAMPredictor:
                       point_labels: Optional[Tensor] = None,
                       boxes: Optional[Tensor] = None,
                       mask_input: Optional[Tensor] = None,
-                      top_k: int = 5,
-                      return_logits: bool = True) -> Dict[str, Tensor]:
-        """Prompts already in the model's input frame (torch, on :attr:`device`).
+                      top_k: Optional[int] = 5,
+                      return_logits: bool = True,
+                      image_state: Optional[ImageState] = None,
+                      vocabulary: Optional[VocabularyState] = None) -> Dict[str, Tensor]:
+        """Prompts already in the model's input frame (torch or numpy).
 
         Shapes: ``point_coords`` (N, P, 2), ``point_labels`` (N, P),
-        ``boxes`` (N, 4), ``mask_input`` (N, 1, 4E, 4E). Returns a dict of
-        tensors: ``low_res_logits``, ``logits`` (N, H, W at the original size,
-        if ``return_logits``), ``masks``, ``stability_scores``,
-        ``mask_confidence``, ``mask_boxes`` / ``boxes`` (input frame),
-        ``class_probs`` (N, K), ``scores_log`` (N, K + 1, the ensemble's
-        log-probabilities), ``labels``, ``scores``, ``topk_labels``,
+        ``boxes`` (N, 4), ``mask_input`` (N, 1, 4E, 4E); checked by the same
+        rules as :meth:`predict` (:func:`ovsam.apis.inputs.check_prompt_arrays`)
+        against the resized image inside the input frame. ``image_state`` /
+        ``vocabulary`` pin the image and vocabulary (default: the current ones,
+        read once). Returns a dict of tensors: ``low_res_logits``, ``logits``
+        (N, H, W at the original size, if ``return_logits``), ``masks``,
+        ``stability_scores``, ``mask_confidence``, ``mask_boxes`` / ``boxes``
+        (input frame), ``class_probs`` (N, K), ``scores_log`` (N, K + 1, the
+        ensemble's log-probabilities), ``labels``, ``scores``, ``topk_labels``,
         ``topk_scores``.
         """
+        st, vocab = self._pin(image_state, vocabulary)
+        k = check_top_k(top_k, vocab.num_classes)
+        prompts = check_input_frame_prompts(point_coords, point_labels, boxes, mask_input, st.meta,
+                                            self.mask_input_size, self.device)
+        return self._run(st, vocab, *prompts, top_k=k, return_logits=bool(return_logits))
+
+    def _run(self, st: ImageState, vocab: VocabularyState, point_coords, point_labels, boxes, mask_input,
+             top_k: int, return_logits: bool) -> Dict[str, Tensor]:
+        """Checked input-frame prompts -> outputs, for ``st`` and ``vocab``."""
         from segment_anything.utils.amg import calculate_stability_score
-        st = self.image_state
-        self._require_vocabulary()
-        if point_coords is None and boxes is None and mask_input is None:
-            raise PromptError('no prompt: give point_coords, boxes and/or mask_input')
-        points = None
-        if point_coords is not None:
-            if point_labels is None:
-                point_labels = torch.ones(point_coords.shape[:2], dtype=torch.long, device=point_coords.device)
-            points = (point_coords.float(), point_labels)
+        points = None if point_coords is None else (point_coords.float(), point_labels)
         model = self.model
-        sparse, dense = model.pe(points, None if boxes is None else boxes.float(),
-                                 None if mask_input is None else mask_input.float())
-        out = model.predict_prompts(st.feats, sparse, dense, prompt_boxes=boxes)
+        with self._model_lock:
+            self._sync()
+            self._activate(vocab)
+            sparse, dense = model.pe(points, None if boxes is None else boxes.float(),
+                                     None if mask_input is None else mask_input.float())
+            out = model.predict_prompts(st.feats, sparse, dense, prompt_boxes=boxes)
         probs = model.class_probs(out.scores)
         label_scores, labels = probs.max(dim=-1)
-        k = max(1, min(int(top_k), probs.shape[1]))
-        topk_scores, topk_labels = probs.topk(k, dim=-1)
+        topk_scores, topk_labels = probs.topk(min(top_k, probs.shape[1]), dim=-1)
 
         meta = st.meta
         full = postprocess_masks(out.mask_logits, meta['batch_input_shape'], meta['img_shape'],
@@ -419,35 +635,43 @@ class OVSAMPredictor:
                 box: Optional[ArrayLike] = None,
                 mask_input: Optional[ArrayLike] = None,
                 multimask_output: bool = False,
-                top_k: int = 5,
-                return_logits: bool = False) -> OVSAMPrediction:
+                top_k: Optional[int] = 5,
+                return_logits: bool = False,
+                image_state: Optional[ImageState] = None,
+                vocabulary: Optional[VocabularyState] = None) -> OVSAMPrediction:
         """Masks and classes for prompts in ORIGINAL image pixels.
 
         Args:
             point_coords: (P, 2) points of one prompt or (N, P, 2) for N prompts.
             point_labels: (P,) / (N, P): 1 foreground, 0 background, -1 ignored
-                (default all 1).
+                (default all 1). A prompt of points only needs a foreground point.
             box: (4,) or (N, 4) x1, y1, x2, y2; combined with the points of
                 the same prompt when both are given.
             mask_input: (N, 1, 4E, 4E) low-res logits from an earlier call
                 (``low_res_logits``), fed through SAM's dense prompt path.
             multimask_output: OV-SAM's head has a single mask token; only
                 False is accepted (kept for SamPredictor compatibility).
-            top_k: how many classes to report per prompt.
+            top_k: how many classes to report per prompt (capped at the
+                vocabulary size; None: all classes).
             return_logits: also return full-size mask logits.
+            image_state: answer for this image (default: the current one).
+            vocabulary: answer with this vocabulary (default: the current one).
         Raises:
             RuntimeError: no image or no vocabulary set.
-            PromptError: wrong shapes, NaN, boxes or points outside the image.
+            PromptError: wrong shapes, NaN, boxes or points outside the image,
+                background-only prompts (see :func:`ovsam.apis.inputs.check_prompt_arrays`).
+            ValueError: a bad ``top_k`` or ``multimask_output``.
         """
         if multimask_output:
             raise ValueError('OV-SAM predicts one mask per prompt (its decoder has a single mask token); '
                              'use multimask_output=False')
-        st = self.image_state
-        self._require_vocabulary()
-        out = self.predict_torch(*self.transform_prompts(point_coords, point_labels, box, mask_input),
-                                 top_k=top_k, return_logits=return_logits)
+        st, vocab = self._pin(image_state, vocabulary)
+        k = check_top_k(top_k, vocab.num_classes)
+        prompts = transform_prompts(point_coords, point_labels, box, mask_input, st.meta, self.mask_input_size,
+                                    self.device)
+        out = self._run(st, vocab, *prompts, top_k=k, return_logits=bool(return_logits))
         sx, sy = st.meta['scale_factor']
-        names = self.class_names
+        names = vocab.class_names
         topk_labels = to_numpy(out['topk_labels'])
         labels = to_numpy(out['labels'])
         return OVSAMPrediction(
@@ -464,12 +688,16 @@ class OVSAMPredictor:
             topk_scores=to_numpy(out['topk_scores']),
             topk_names=[[names[i] for i in row] for row in topk_labels.tolist()],
             class_probs=to_numpy(out['class_probs']),
-            logits=to_numpy(out['logits']) if return_logits else None)
+            logits=to_numpy(out['logits']) if return_logits else None,
+            image_state=st,
+            vocabulary=vocab)
 
-    def _require_vocabulary(self) -> None:
-        if self.num_classes <= 0:
+    def _require_vocabulary(self) -> VocabularyState:
+        vocab = self.vocabulary
+        if vocab is None:
             raise RuntimeError('no vocabulary: call set_vocabulary(names), set_vocabulary_file(path) '
                                'or set_vocabulary_spec("coco") before predicting')
+        return vocab
 
 
 # ---------------------------------------------------------------- helpers
