@@ -32,8 +32,18 @@ import os.path as osp
 import sys
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{what}: {text!r} is not a number') from None
+    if v != v or v in (float('inf'), float('-inf')):
+        raise argparse.ArgumentTypeError(f'{what}: {text!r} is not a finite number')
+    return v
+
+
 def parse_box(text: str):
-    vals = [float(v) for v in text.replace(' ', '').split(',')]
+    vals = [_number(v, 'a box is x1,y1,x2,y2') for v in text.replace(' ', '').split(',')]
     if len(vals) != 4:
         raise argparse.ArgumentTypeError(f'a box is x1,y1,x2,y2; got {text!r}')
     return vals
@@ -42,9 +52,11 @@ def parse_box(text: str):
 def parse_points(text: str):
     pts, labels = [], []
     for item in text.split(';'):
-        vals = [float(v) for v in item.replace(' ', '').split(',') if v != '']
+        vals = [_number(v, 'a point is x,y or x,y,label') for v in item.replace(' ', '').split(',') if v != '']
         if len(vals) not in (2, 3):
             raise argparse.ArgumentTypeError(f'a point is x,y or x,y,label; got {item!r}')
+        if len(vals) == 3 and vals[2] not in (0, 1):
+            raise argparse.ArgumentTypeError(f'a point label is 1 (foreground) or 0 (background); got {item!r}')
         pts.append(vals[:2])
         labels.append(int(vals[2]) if len(vals) == 3 else 1)
     return pts, labels
@@ -84,7 +96,12 @@ def main(argv=None):
     from ovsam.apis import OVSAMAutomaticMaskGenerator, OVSAMPredictor, draw_predictions
     if not osp.isfile(args.image):
         raise SystemExit(f'image {args.image!r} does not exist')
+    import cv2
+    if not cv2.haveImageWriter(args.out):
+        raise SystemExit(f'--out {args.out!r}: OpenCV cannot write this file type; use .png or .jpg')
     image = mmcv.imread(args.image, channel_order='rgb')
+    if image is None:
+        raise SystemExit(f'image {args.image!r} could not be read as an image (not an image file, or corrupt)')
     if args.config is None and args.checkpoint is None:
         print('[image_demo] no --config/--checkpoint: using the tiny RANDOM model; '
               'masks and labels are meaningless', file=sys.stderr)
@@ -136,13 +153,16 @@ def main(argv=None):
                                 class_name=out.class_names[i], label=int(out.labels[i]),
                                 score=float(out.scores[i]), stability_score=float(out.mask_scores[i]),
                                 topk=[[n, float(s)] for n, s in zip(out.topk_names[i], out.topk_scores[i])]))
+    from ovsam.fileio import atomic_path, atomic_write
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    mmcv.imwrite(drawn[:, :, ::-1], args.out)
+    with atomic_path(args.out) as tmp:
+        if not mmcv.imwrite(drawn[:, :, ::-1], tmp, auto_mkdir=False):
+            raise SystemExit(f'could not write {args.out!r}')
     for r in records:
         print(f"{r['class_name']}: {r['score']:.3f}")
     print(f'wrote {args.out} ({len(records)} instances)')
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic_write(args.json, 'w') as f:
             json.dump(records, f, indent=1)
     return 0
 

@@ -276,7 +276,7 @@ def _where(frame: str, shape: Tuple[int, int]) -> str:
     return f'the image (h={h}, w={w} pixels)'
 
 
-def _check_points(point_coords, point_labels, names, frame, shape) -> Tuple[np.ndarray, np.ndarray]:
+def _check_points(point_coords, point_labels, names, frame, shape, tol) -> Tuple[np.ndarray, np.ndarray]:
     cname, lname = names
     coords = real_array(point_coords, cname)
     if coords.ndim == 2:
@@ -291,7 +291,9 @@ def _check_points(point_coords, point_labels, names, frame, shape) -> Tuple[np.n
         raise PromptError(f'{cname} has zero points per prompt (shape {tuple(coords.shape)}): give at least '
                           'one point, or leave point_coords out')
     h, w = shape
-    out = (coords < -BORDER_TOL).any(-1) | (coords[..., 0] > w + BORDER_TOL) | (coords[..., 1] > h + BORDER_TOL)
+    tx, ty = tol
+    out = ((coords[..., 0] < -tx) | (coords[..., 1] < -ty) | (coords[..., 0] > w + tx)
+           | (coords[..., 1] > h + ty))
     if out.any():
         n, p = np.argwhere(out)[0].tolist()
         raise PromptError(f'{cname}: point {p} of prompt {n} at ({coords[n, p, 0]:.6g}, {coords[n, p, 1]:.6g}) '
@@ -312,7 +314,7 @@ def _check_points(point_coords, point_labels, names, frame, shape) -> Tuple[np.n
     return coords.astype(np.float32), labels.astype(np.int64)
 
 
-def _check_boxes(box, name, frame, shape) -> np.ndarray:
+def _check_boxes(box, name, frame, shape, tol) -> np.ndarray:
     boxes = real_array(box, name)
     if boxes.ndim == 1:
         boxes = boxes[None]
@@ -327,7 +329,8 @@ def _check_boxes(box, name, frame, shape) -> np.ndarray:
         raise PromptError(f'{name}: degenerate boxes (x2 <= x1 or y2 <= y1) at indices {bad[:5].tolist()}, e.g. '
                           f'{boxes[bad[0]].tolist()}: boxes are x1, y1, x2, y2 corners in pixels, not x, y, w, h')
     h, w = shape
-    out = (boxes[:, :2] < -BORDER_TOL).any(1) | (boxes[:, 2] > w + BORDER_TOL) | (boxes[:, 3] > h + BORDER_TOL)
+    tx, ty = tol
+    out = (boxes[:, 0] < -tx) | (boxes[:, 1] < -ty) | (boxes[:, 2] > w + tx) | (boxes[:, 3] > h + ty)
     if out.any():
         i = int(np.nonzero(out)[0][0])
         raise PromptError(f'{name}: box {i} {boxes[i].tolist()} is outside {_where(frame, shape)}: clip the '
@@ -361,14 +364,17 @@ def check_prompt_arrays(point_coords: Optional[ArrayLike],
                         image_shape: Tuple[int, int],
                         mask_input_size: Tuple[int, int],
                         frame: str = 'original',
-                        box_name: str = 'box') -> PromptArrays:
+                        box_name: str = 'box',
+                        tol: Tuple[float, float] = (BORDER_TOL, BORDER_TOL)) -> PromptArrays:
     """The one prompt check of both predictor entry points.
 
     ``frame='original'``: coordinates in original image pixels, ``image_shape``
     is the original (h, w) (``predict``); ``frame='input'``: coordinates in
     the model's input frame, ``image_shape`` is the resized image inside it
-    (``predict_torch``). Points and boxes may lie up to :data:`BORDER_TOL`
-    pixels beyond the border.
+    (``predict_torch``). Points and boxes may lie up to ``tol`` (x, y) pixels
+    beyond the border (default :data:`BORDER_TOL`; ``predict_torch`` allows
+    one original pixel in the input frame plus the rounding of the resize, so
+    it accepts every prompt ``predict`` accepts).
 
     Rules: ``point_coords`` (P, 2) / (N, P, 2); ``point_labels`` (P,) / (N, P)
     of 1 (foreground), 0 (background), -1 (padding; booleans are read as 1/0),
@@ -391,12 +397,13 @@ def check_prompt_arrays(point_coords: Optional[ArrayLike],
     counts = {}
     coords = labels = boxes = masks = None
     if point_coords is not None:
-        coords, labels = _check_points(point_coords, point_labels, ('point_coords', 'point_labels'), frame, shape)
+        coords, labels = _check_points(point_coords, point_labels, ('point_coords', 'point_labels'), frame, shape,
+                                      tol)
         counts['point_coords'] = coords.shape[0]
     elif point_labels is not None:
         raise PromptError('point_labels given without point_coords: give the points too, or leave the labels out')
     if box is not None:
-        boxes = _check_boxes(box, box_name, frame, shape)
+        boxes = _check_boxes(box, box_name, frame, shape, tol)
         counts[box_name] = boxes.shape[0]
     if mask_input is not None:
         masks = _check_masks(mask_input, 'mask_input', mask_input_size)
@@ -437,8 +444,10 @@ def check_input_frame_prompts(point_coords, point_labels, boxes, mask_input, met
                               mask_input_size: Tuple[int, int], device) -> Tuple[Optional[Tensor], ...]:
     """The checks of :func:`transform_prompts` for prompts already in the model's
     input frame (``predict_torch``): same rules, bounds of the resized image."""
+    sx, sy = meta['scale_factor']
+    tol = (BORDER_TOL * sx + 0.5, BORDER_TOL * sy + 0.5)
     p = check_prompt_arrays(point_coords, point_labels, boxes, mask_input, meta['img_shape'], mask_input_size,
-                            frame='input', box_name='boxes')
+                            frame='input', box_name='boxes', tol=tol)
     return p.to_tensors(device)
 
 
