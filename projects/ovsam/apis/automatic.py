@@ -135,10 +135,10 @@ class OVSAMAutomaticMaskGenerator:
             if pps > 1024:
                 raise ValueError(f'points_per_side={pps} means {pps * pps} prompts per crop; use <= 1024 '
                                  '(SAM uses 32)')
-            self.point_grids = build_all_layer_point_grids(pps, self.crop_n_layers, downscale)
-            if any(len(g) == 0 for g in self.point_grids):
+            if int(pps / downscale ** self.crop_n_layers) < 1:
                 raise ValueError(f'crop_n_points_downscale_factor={downscale} leaves no grid point in the deeper '
                                  f'crop layers with points_per_side={pps}: lower it')
+            self.point_grids = build_all_layer_point_grids(pps, self.crop_n_layers, downscale)
         else:
             self.point_grids = _check_point_grids(point_grids, self.crop_n_layers)
         if output_mode not in _OUTPUT_MODES:

@@ -247,6 +247,8 @@ def real_array(x: Any, name: str, allow_bool: bool = False) -> np.ndarray:
     if kind == 'b' and not allow_bool:
         raise PromptError(f'{name} holds booleans, not numbers: give pixel coordinates')
     if kind == 'O':
+        if any(v is None for v in arr.ravel()):
+            raise PromptError(f'{name} holds None: give a number for every coordinate (or leave out the prompt)')
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError) as e:
