@@ -374,3 +374,76 @@ def test_tool_refuses_bad_classes_and_outputs(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match='not a file and not one of'):
         tool.read_classes('dog')
     assert not (tmp_path / 'o.pth').exists()
+
+
+# ------------------------------------------------------------------ review of issue 17 (second round)
+@pytest.mark.parametrize('names, text', [
+    (['café', 'cafe\u0301'], 'duplicate classes'),  # NFC vs NFD
+    (['cat', '\uff43\uff41\uff54'], 'duplicate classes'),  # full-width
+    (['straße', 'STRASSE'], 'duplicate classes'),  # case folding
+    (['cat', 'cat\u200b'], r"invisible character '\\u200b' \(U\+200B\)"),
+    (['\u200dcat'], 'invisible character'),
+    (['cat\u202e'], 'invisible character'),  # right-to-left override
+    (['\ud800cat'], 'unpaired surrogate'),
+])
+def test_look_alike_names_are_refused(names, text):
+    with pytest.raises(ValueError, match=text):
+        check_class_names(names)
+
+
+def test_lookups_use_the_same_unicode_rules():
+    from ovsam.vocabulary import match_class
+    assert match_class('\uff23\uff21\uff34', ['dog', 'cat']) == 1
+    assert match_class('cafe\u0301', ['café']) == 0
+    assert check_class_names(['猫', 'собака', 'café']) == ['猫', 'собака', 'café']
+
+
+@pytest.mark.parametrize('class_names, exc, text', [
+    ({'a', 'b', 'c'}, TypeError, 'ordered list'),
+    ({'a': 0, 'b': 1, 'c': 2}, TypeError, 'ordered list'),
+    (3, TypeError, "a vocabulary spec such as 'lvis', got int 3"),
+])
+def test_bare_tensor_class_names_must_be_ordered(tmp_path, class_names, exc, text):
+    path = tmp_path / 'bare.pth'
+    torch.save(torch.randn(3, 1, 8), path)
+    with pytest.raises(exc, match=text):
+        load_text_embeddings(str(path), class_names=class_names)
+
+
+@pytest.mark.parametrize('emb, text', [
+    (torch.full((1, 1, 8), float('nan')), r'classes \[0\] hold NaN or Inf'),
+    (torch.ones(1, 1, 8, dtype=torch.int64), 'text embeddings are floating point'),
+    (torch.ones(1, 0, 8), 'are empty'),
+])
+def test_save_refuses_nonfinite_and_integer_embeddings(tmp_path, emb, text):
+    out = tmp_path / 'v.pth'
+    with pytest.raises(ValueError, match=text):
+        save_text_embeddings(str(out), emb, ['a'])
+    assert not out.exists()
+
+
+def test_encoder_checks_templates_and_text_model():
+    with pytest.raises(TypeError, match='templates must be a list of prompt templates, got the string'):
+        TextEncoder(templates='a photo of a {}.')
+    with pytest.raises(TypeError, match=r'text_model must be a \(model, tokenizer\) pair'):
+        TextEncoder(text_model=('model', 'tokenizer'))
+    with pytest.raises(TypeError, match=r'text_model must be a \(model, tokenizer\) pair'):
+        TextEncoder(text_model=object())
+
+
+def test_tool_output_must_be_an_embedding_file_name(tmp_path):
+    tool = _tool()
+    with pytest.raises(SystemExit, match='must end in .pth or .pt'):
+        tool.main(['--names', 'cat', '--allow-random-weights', '--out', str(tmp_path / 'e.txt')])
+
+
+def test_tool_reports_a_bad_clip_checkpoint_without_traceback(tmp_path):
+    tool = _tool()
+    ck = tmp_path / 'clip.pt'
+    ck.write_text('hello')
+    cfg = dict(embed_dim=16, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=8),
+               text_cfg=dict(context_length=16, vocab_size=49408, width=16, heads=2, layers=1))
+    (tmp_path / 'cfg.json').write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match='it is a text file, not a PyTorch checkpoint'):
+        tool.main(['--names', 'cat', '--clip-model', 'tiny', '--clip-cfg', str(tmp_path / 'cfg.json'),
+                   '--clip-checkpoint', str(ck), '--out', str(tmp_path / 'e.pth')])

@@ -65,6 +65,9 @@ def main(argv=None):
     args = parse_args(argv)
     if osp.isdir(args.out):
         raise SystemExit(f'--out {args.out!r} is a directory; give a file name such as {osp.join(args.out, "vocab.pth")}')
+    if not args.out.lower().endswith(('.pth', '.pt')):
+        raise SystemExit(f'--out {args.out!r}: a text-embedding file must end in .pth or .pt (that is how '
+                         'vocabulary specs recognise it; a .txt or .json name would be read as a class list)')
     from ovsam.vocabulary import VILD_TEMPLATES, TextEncoder, check_class_names, save_text_embeddings
     names = args.names if args.names else read_classes(args.classes)
     try:
@@ -84,9 +87,10 @@ def main(argv=None):
             raise SystemExit(f'--clip-cfg {args.clip_cfg!r}: a model config is a JSON object, got {type(cfg).__name__}')
     encoder = TextEncoder(args.clip_model, cfg, args.clip_checkpoint, allow_random=args.allow_random_weights,
                           batch_size=args.batch_size)
+    from ovsam.checkpoint import CheckpointError
     try:
         emb = encoder.encode(names, progress=True)
-    except ValueError as e:  # e.g. a name longer than the text tower's context
+    except (ValueError, CheckpointError) as e:  # a name longer than the text tower's context, a bad checkpoint
         raise SystemExit(str(e))
     save_text_embeddings(args.out, emb, names, meta=dict(clip_model=args.clip_model,
                                                          clip_checkpoint=args.clip_checkpoint,

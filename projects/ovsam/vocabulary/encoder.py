@@ -227,6 +227,17 @@ class TextEncoder:
             raise ValueError(f'cache_size must be a whole number >= 0 (0 switches the cache off), got {cache_size!r}')
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f'batch_size must be a whole number >= 1, got {batch_size!r}')
+        if isinstance(templates, (str, bytes)):
+            raise TypeError(f'templates must be a list of prompt templates, got the string {templates!r}'[:200]
+                            + ' (use [template] for one)')
+        if text_model is not None:
+            ok = (isinstance(text_model, (tuple, list)) and len(text_model) == 2
+                  and callable(getattr(text_model[0], 'encode_text', None)) and callable(text_model[1]))
+            if not ok:
+                raise TypeError('text_model must be a (model, tokenizer) pair: a CLIP model with encode_text() and '
+                                f'a callable tokenizer (open_clip.create_model / get_tokenizer), got '
+                                f'{type(text_model).__name__} {text_model!r}'[:300])
+            text_model = tuple(text_model)
         if cache_dir is not None and osp.isfile(cache_dir):
             raise NotADirectoryError(f'cache_dir {cache_dir!r} is a file; give a folder for the cache')
         self.clip_model = clip_model

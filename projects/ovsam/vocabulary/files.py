@@ -27,6 +27,15 @@ def save_text_embeddings(path: str, embeddings: Tensor, class_names: Sequence[st
         shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
         raise ValueError(f'cannot write {path!r}: embeddings of shape {shape} do not fit {len(names)} class '
                          'names (expected (classes, synonyms, dim))')
+    if not embeddings.is_floating_point():
+        raise ValueError(f'cannot write {path!r}: embeddings are {embeddings.dtype}; text embeddings are floating '
+                         'point (the unit-norm output of the text tower)')
+    if 0 in embeddings.shape:
+        raise ValueError(f'cannot write {path!r}: embeddings of shape {tuple(embeddings.shape)} are empty')
+    if not bool(torch.isfinite(embeddings).all()):
+        bad = (~torch.isfinite(embeddings)).flatten(1).any(1).nonzero().flatten().tolist()[:5]
+        raise ValueError(f'cannot write {path!r}: the embeddings of classes {bad} hold NaN or Inf (a broken text '
+                         'tower or checkpoint); nothing was written')
     payload = dict(embeddings=embeddings.float().cpu().contiguous(),
                    class_names=list(names),
                    meta={str(k): str(v) for k, v in (meta or {}).items()})
@@ -41,7 +50,14 @@ def _names_given(class_names: ClassNames) -> Tuple[List[str], str]:
             raise ValueError(f'class_names={class_names!r} is an embedding file; give the class names '
                              "(a list, a built-in name such as 'lvis' or a .txt file)")
         return vocab.class_names, f'class_names={class_names!r}'
-    names = list(class_names)
+    if isinstance(class_names, (set, frozenset, dict)):
+        raise TypeError(f'class_names must be an ordered list (row i of the file is class i), got a '
+                        f'{type(class_names).__name__}; use a list in the order the file was made for')
+    try:
+        names = list(class_names)
+    except TypeError:
+        raise TypeError(f'class_names must be a list of class names or a vocabulary spec such as \'lvis\', got '
+                        f'{type(class_names).__name__} {class_names!r}'[:200]) from None
     bad = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
     if bad:
         raise TypeError(f'class_names must be strings; (index, type) of the others: {bad[:5]}')

@@ -5,7 +5,12 @@ class per list item or per line of a ``.txt`` file (``#`` lines are comments);
 inside one class, commas separate synonyms (``'cup,mug'``), ``'_or_'`` and
 ``'/'`` count as commas and ``'_'`` as a space (``'tv_or_monitor'``,
 ``'traffic_light'``). Synonyms are compared lower-cased with runs of spaces
-collapsed, so ``'Cat'``, ``'cat '`` and ``' CAT'`` are one class.
+collapsed, so ``'Cat'``, ``'cat '`` and ``' CAT'`` are one class. For telling
+classes apart (duplicates, look-ups) synonyms are also compared in Unicode
+NFKC form, case-folded (``'café'`` written with a combining accent, full-width
+``'ｃａｔ'`` and ``'STRASSE'`` / ``'straße'`` each match their plain twin).
+Invisible format characters (zero-width spaces, joiners, direction marks) and
+unpaired surrogates are refused in class names.
 
 When is a string a file? Built-in names (``coco``, ``coco-ov``, ``lvis``,
 ``shapes``) always win. Otherwise a string is read as a file only when it
@@ -16,6 +21,7 @@ class name even when a file called ``cat`` sits in the working folder.
 """
 import json
 import os
+import unicodedata
 import os.path as osp
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -43,9 +49,24 @@ def split_synonyms(class_name: str) -> List[str]:
     return names
 
 
+def _fold(synonym: str) -> str:
+    """A synonym as compared: NFKC form, case-folded, spaces collapsed."""
+    return ' '.join(unicodedata.normalize('NFKC', synonym).casefold().split())
+
+
 def class_key(class_name: str) -> Tuple[str, ...]:
-    """What makes two class strings the same class: their normalised synonyms."""
-    return tuple(sorted(set(split_synonyms(class_name))))
+    """What makes two class strings the same class: their normalised synonyms
+    (NFKC, case-folded)."""
+    return tuple(sorted({_fold(s) for s in split_synonyms(class_name)}))
+
+
+def _invisible(name: str) -> Optional[str]:
+    """The first invisible format character or unpaired surrogate in ``name``."""
+    for c in name:
+        cat = unicodedata.category(c)
+        if cat in ('Cf', 'Cs'):
+            return c
+    return None
 
 
 def check_class_names(names: Sequence[str]) -> List[str]:
@@ -55,7 +76,8 @@ def check_class_names(names: Sequence[str]) -> List[str]:
     ``str()`` coercion), classes without a usable synonym, names with line
     breaks or other control characters, names starting with ``#`` (a comment
     line taken as a class), duplicates: classes with the same synonyms
-    ignoring case and spaces (``'Cat'``, ``'cat '``, ``' CAT'``). Two
+    ignoring case, spaces and Unicode forms (``'Cat'``, ``'cat '``, ``' CAT'``,
+    full-width ``'ｃａｔ'``); invisible format characters and unpaired surrogates. Two
     classes may share one synonym (``'cat'`` and ``'cat,kitty'``).
     """
     if names is None:
@@ -87,6 +109,11 @@ def check_class_names(names: Sequence[str]) -> List[str]:
         ctrl = [c for c in n if ord(c) < 32 or 127 <= ord(c) < 160]
         if ctrl:
             raise ValueError(f'class {i} ({n!r}) contains the control character {ctrl[0]!r}; remove it')
+        bad = _invisible(n)
+        if bad is not None:
+            what = 'an unpaired surrogate' if unicodedata.category(bad) == 'Cs' else 'the invisible character'
+            raise ValueError(f'class {i} ({n!r}) contains {what} {bad!r} (U+{ord(bad):04X}); it would make a '
+                             'name that looks like another class but is not: remove it')
         if n.strip().startswith('#'):
             raise ValueError(f'class {i} ({n!r}) starts with "#": that is a comment line, not a class; '
                              'remove it from the list')
@@ -102,7 +129,8 @@ def check_class_names(names: Sequence[str]) -> List[str]:
             first[key] = i
     if dups:
         shown = '; '.join(f'{names[a]!r} (index {a}) and {names[b]!r} (index {b})' for a, b in dups[:5])
-        raise ValueError(f'duplicate classes in the vocabulary (same synonyms, ignoring case and spaces): '
+        raise ValueError('duplicate classes in the vocabulary (same synonyms, ignoring case, spaces and Unicode '
+                         f'forms): '
                          f'{shown}{" ..." if len(dups) > 5 else ""}. Give each class once; synonyms of one '
                          'class go in one item, separated by commas')
     return names
@@ -118,10 +146,10 @@ def short_name(class_name: str) -> str:
 
 def match_class(query: str, class_names: Sequence[str]) -> Optional[int]:
     """Index of the first class sharing a synonym with ``query`` (case-insensitive), or None."""
-    wanted = set(split_synonyms(query))
+    wanted = set(class_key(query))
     for i, name in enumerate(class_names):
         try:
-            if wanted & set(split_synonyms(name)):
+            if wanted & set(class_key(name)):
                 return i
         except (TypeError, ValueError):
             continue
