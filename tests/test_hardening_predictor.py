@@ -460,3 +460,55 @@ def test_draw_predictions_bad_image():
         with pytest.raises(ValueError, match='image must be a non-empty'):
             draw_predictions(img)
     assert draw_predictions(np.full((4, 5), 300.0)).shape == (4, 5, 3)  # clipped to 255
+
+
+# ------------------------------------------------------------------ review of issue 17 (second round)
+def test_options_are_booleans_not_truth_values(fresh):
+    for kw in (dict(return_logits='no'), dict(return_logits=None), dict(multimask_output='no'),
+               dict(return_logits=2)):
+        name = next(iter(kw))
+        with pytest.raises(ValueError, match=f'{name} must be True or False'):
+            fresh.predict(box=[1, 1, 20, 20], **kw)
+    with pytest.raises(ValueError, match='return_logits must be True or False'):
+        fresh.predict_torch(boxes=[[1., 1, 20, 20]], return_logits='yes')
+    assert fresh.predict(box=[1, 1, 20, 20], return_logits=np.bool_(True)).logits.shape == (1, H, W)
+    assert fresh.predict(box=[1, 1, 20, 20], return_logits=0).logits is None
+
+
+def test_label_shape_message(fresh):
+    with pytest.raises(ValueError, match=r'point_labels must have shape \(2,\) or \(1, 2\) to match'):
+        fresh.predict(point_coords=[[5, 5], [6, 6]], point_labels=[1])
+
+
+def test_forged_vocabulary_state_is_refused_and_changes_nothing(fresh):
+    from ovsam.apis.predictor import VocabularyState
+    good = fresh.vocabulary
+    before = fresh.predict(box=[1, 1, 20, 20], top_k=None)
+    for bad, text in [
+        (VocabularyState(('a', 'b'), torch.randn(2, 1, 7), good.split), r'shape \(2, 1, 7\) but this model needs'),
+        (VocabularyState(('a', 'b'), good.cls_embed, good.split), r'classes \+ 1 = 3'),
+        (VocabularyState(('a', 'b', 'c', 'd'), good.cls_embed.int(), good.split), 'must be a float tensor'),
+        (VocabularyState(('a', 'b', 'c', 'd'), good.cls_embed * float('nan'), good.split), 'NaN or Inf'),
+        (VocabularyState(('a', 'b', 'c', 'd'), good.cls_embed, ()), "not this model's class split"),
+        (VocabularyState(('a', 1, 'c', 'd'), good.cls_embed, good.split), 'tuple of strings'),
+    ]:
+        with pytest.raises(ValueError, match=text):
+            fresh.predict(box=[1, 1, 20, 20], vocabulary=bad)
+        assert fresh.vocabulary is good
+    after = fresh.predict(box=[1, 1, 20, 20], top_k=None)
+    np.testing.assert_array_equal(after.class_probs, before.class_probs)
+    # a renamed copy of a real state is a valid vocabulary
+    renamed = VocabularyState(('w', 'x', 'y', 'z'), good.cls_embed, good.split)
+    assert fresh.predict(box=[1, 1, 20, 20], vocabulary=renamed).class_names[0] in 'wxyz'
+
+
+def test_from_config_and_from_tiny_arguments(tmp_path):
+    from ovsam.apis import OVSAMPredictor
+    with pytest.raises(TypeError, match='config must be a config file path or an mmengine Config'):
+        OVSAMPredictor.from_config(5)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        OVSAMPredictor.from_config(str(tmp_path / 'none.py'))
+    with pytest.raises(IsADirectoryError, match='is a directory'):
+        OVSAMPredictor.from_config(str(tmp_path))
+    with pytest.raises(ValueError, match='seed must be an integer'):
+        OVSAMPredictor.from_tiny(seed='a')

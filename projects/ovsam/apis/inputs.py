@@ -307,8 +307,9 @@ def _check_points(point_coords, point_labels, names, frame, shape, tol) -> Tuple
     if labels.ndim == 1 and coords.shape[0] == 1:
         labels = labels[None]
     if labels.shape != coords.shape[:2]:
-        raise PromptError(f'{lname} must have shape {coords.shape[1:2] if coords.shape[0] == 1 else ""}'
-                          f'{tuple(coords.shape[:2])} to match {cname} (one label per point), got '
+        want = f'({coords.shape[1]},) or {tuple(coords.shape[:2])}' if coords.shape[0] == 1 else \
+            str(tuple(coords.shape[:2]))
+        raise PromptError(f'{lname} must have shape {want} to match {cname} (one label per point), got '
                           f'{tuple(np.shape(point_labels))}')
     if not np.isin(labels, (-1, 0, 1)).all():
         bad = sorted(set(labels[~np.isin(labels, (-1, 0, 1))].ravel().tolist()))[:6]
@@ -479,6 +480,18 @@ def check_int(value: Any, name: str, minimum: Optional[int] = None, fix: str = '
     if minimum is not None and value < minimum:
         raise ValueError(f'{name} must be >= {minimum}, got {value}{"; " + fix if fix else ""}')
     return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool: ``True`` / ``False`` (numpy and 0-d tensor booleans, and the ints 0 / 1, too);
+    strings such as ``'no'`` and other objects are refused instead of read by their truth value."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise ValueError(f'{name} must be True or False, got {type(value).__name__} {value!r}'[:200])
 
 
 def check_float(value: Any, name: str, lo: Optional[float] = None, hi: Optional[float] = None,

@@ -21,6 +21,7 @@ Example::
     out.masks[0], out.class_names[0], out.scores[0]
     out2 = p.predict(point_coords=[[50, 60]], mask_input=out.low_res_logits)  # refine
 """
+import os
 import os.path as osp
 import threading
 import types
@@ -36,8 +37,8 @@ from ..models.ovsam import ImageFeatures
 from ..models.prompts import PromptError
 from ..vocabulary import (TextEncoder, check_class_names, load_text_embeddings, match_class, pad_synonyms,
                           resolve_vocabulary)
-from .inputs import (ArrayLike, check_class_indices, check_input_frame_prompts, check_top_k, clip_boxes,
-                     image_to_rgb, preprocess_image, to_numpy, transform_prompts)
+from .inputs import (ArrayLike, check_bool, check_class_indices, check_input_frame_prompts, check_int, check_top_k,
+                     clip_boxes, image_to_rgb, preprocess_image, to_numpy, transform_prompts)
 
 __all__ = ['ImageState', 'OVSAMPredictor', 'OVSAMPrediction', 'PromptError', 'VocabularyState',
            'default_tiny_config']
@@ -236,7 +237,19 @@ class OVSAMPredictor:
         import ovsam  # noqa: F401  (registers modules)
         from mmdet.registry import MODELS
         from mmengine.config import Config
-        cfg = Config.fromfile(config) if isinstance(config, str) else config
+        if isinstance(config, os.PathLike):
+            config = os.fspath(config)
+        if isinstance(config, str):
+            if osp.isdir(config):
+                raise IsADirectoryError(f'config {config!r} is a directory; give the .py config file')
+            if not osp.isfile(config):
+                raise FileNotFoundError(f'config {config!r} does not exist')
+            cfg = Config.fromfile(config)
+        else:
+            cfg = config
+        if not hasattr(cfg, 'model'):
+            raise TypeError(f'config must be a config file path or an mmengine Config with a "model" entry, got '
+                            f'{type(config).__name__} {config!r}'[:200])
         model = MODELS.build(cfg.model)
         _quiet_init_weights(model)
         if checkpoint is not None:
@@ -266,6 +279,7 @@ class OVSAMPredictor:
         demos run without any checkpoint. Deterministic for a given ``seed``.
         """
         from mmengine.config import Config
+        seed = check_int(seed, 'seed', 0, fix='a whole number >= 0 (same seed, same random model)')
         cfg = Config.fromfile(config or default_tiny_config())
         torch.manual_seed(seed)
         kwargs.setdefault('allow_random_text', True)
@@ -557,8 +571,32 @@ class OVSAMPredictor:
             raise TypeError(f'vocabulary must be a VocabularyState from OVSAMPredictor.vocabulary, got '
                             f'{type(vocabulary).__name__}; use set_vocabulary(names) to change the vocabulary')
         else:
-            vocab = vocabulary
+            vocab = self._check_vocabulary_state(vocabulary)
         return st, vocab
+
+    def _check_vocabulary_state(self, vocab: VocabularyState) -> VocabularyState:
+        """A ``vocabulary=`` argument that fits this model (checked before it
+        touches the model, so a bad one changes nothing)."""
+        fix = 'pass OVSAMPredictor.vocabulary of this predictor (or use set_vocabulary(names))'
+        names, emb, split = vocab.class_names, vocab.cls_embed, vocab.split
+        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f'vocabulary.class_names must be a non-empty tuple of strings, got {names!r}'[:200]
+                             + f'; {fix}')
+        dim = int(self.model.mask_decoder.classifier.cls_embed.shape[0])
+        want = f'(D={dim}, classes + 1 = {len(names) + 1}, synonyms)'
+        if not isinstance(emb, Tensor) or emb.dim() != 3 or not emb.is_floating_point():
+            shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
+            raise ValueError(f'vocabulary.cls_embed must be a float tensor of shape {want}, got {shape}; {fix}')
+        if emb.shape[0] != dim or emb.shape[1] != len(names) + 1 or emb.shape[2] < 1:
+            raise ValueError(f'vocabulary.cls_embed has shape {tuple(emb.shape)} but this model needs {want} '
+                             f'for its {len(names)} class names (another model, or a hand-made state?); {fix}')
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError(f'vocabulary.cls_embed holds NaN or Inf; {fix}')
+        ok_split = isinstance(split, tuple) and all(
+            isinstance(item, tuple) and len(item) == 2 and item[0] in _SPLIT_ATTRS for item in split)
+        if not ok_split or sorted(a for a, _ in split) != sorted(a for a, _ in _split_of(self.model)):
+            raise ValueError(f'vocabulary.split {split!r}'[:200] + f' is not this model\'s class split; {fix}')
+        return vocab
 
     def transform_prompts(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                           image_state: Optional[ImageState] = None) -> Tuple[Optional[Tensor], ...]:
@@ -597,7 +635,7 @@ class OVSAMPredictor:
         k = check_top_k(top_k, vocab.num_classes)
         prompts = check_input_frame_prompts(point_coords, point_labels, boxes, mask_input, st.meta,
                                             self.mask_input_size, self.device)
-        return self._run(st, vocab, *prompts, top_k=k, return_logits=bool(return_logits))
+        return self._run(st, vocab, *prompts, top_k=k, return_logits=check_bool(return_logits, 'return_logits'))
 
     def _run(self, st: ImageState, vocab: VocabularyState, point_coords, point_labels, boxes, mask_input,
              top_k: int, return_logits: bool) -> Dict[str, Tensor]:
@@ -662,14 +700,14 @@ class OVSAMPredictor:
                 background-only prompts (see :func:`ovsam.apis.inputs.check_prompt_arrays`).
             ValueError: a bad ``top_k`` or ``multimask_output``.
         """
-        if multimask_output:
+        if check_bool(multimask_output, 'multimask_output'):
             raise ValueError('OV-SAM predicts one mask per prompt (its decoder has a single mask token); '
                              'use multimask_output=False')
         st, vocab = self._pin(image_state, vocabulary)
         k = check_top_k(top_k, vocab.num_classes)
         prompts = transform_prompts(point_coords, point_labels, box, mask_input, st.meta, self.mask_input_size,
                                     self.device)
-        out = self._run(st, vocab, *prompts, top_k=k, return_logits=bool(return_logits))
+        out = self._run(st, vocab, *prompts, top_k=k, return_logits=check_bool(return_logits, 'return_logits'))
         sx, sy = st.meta['scale_factor']
         names = vocab.class_names
         topk_labels = to_numpy(out['topk_labels'])
@@ -688,7 +726,7 @@ class OVSAMPredictor:
             topk_scores=to_numpy(out['topk_scores']),
             topk_names=[[names[i] for i in row] for row in topk_labels.tolist()],
             class_probs=to_numpy(out['class_probs']),
-            logits=to_numpy(out['logits']) if return_logits else None,
+            logits=to_numpy(out['logits']) if 'logits' in out else None,
             image_state=st,
             vocabulary=vocab)
 
