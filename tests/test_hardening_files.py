@@ -72,7 +72,6 @@ def ckpts(tmp_path):
     ('npy', 'NumPy .npy array'),
     ('legacy_truncated', 'corrupt or truncated'),
     ('safetensors_truncated', 'damaged safetensors file'),
-    ('pth_as_safetensors', 'named .safetensors but'),
     ('gzip', 'gzip archive'),
 ])
 def test_damaged_and_mislabelled_checkpoints_say_what_they_are(ckpts, name, text):
@@ -86,7 +85,7 @@ def test_damaged_and_mislabelled_checkpoints_say_what_they_are(ckpts, name, text
 
 def test_readable_checkpoints_load_whatever_their_name(ckpts):
     sd, files = ckpts
-    for name in ('good', 'legacy', 'safetensors_as_pth'):
+    for name in ('good', 'legacy', 'safetensors_as_pth', 'pth_as_safetensors'):
         out = safe_load(str(files[name]))
         assert set(out) == set(sd) and torch.equal(out['w'], sd['w']), name
     assert sniff_format(str(files['safetensors_as_pth'])) == 'safetensors'
@@ -488,3 +487,151 @@ def test_dump_shard_accepts_valid_and_refuses_escaping_paths(tmp_path):
     assert tool.valid_feature(str(good), (2, 3, 3))
     torch.save(torch.full((2, 3, 3), float('nan')), good)
     assert not tool.valid_feature(str(good), (2, 3, 3))  # NaN features are dumped again
+
+
+# ------------------------------------------------------------------ review of issue 17 (second round)
+def test_plain_pickle_with_code_is_named_as_code_not_as_corrupt(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+    p = tmp_path / 'evil.pth'
+    p.write_bytes(pickle.dumps(Payload(), protocol=4))  # a plain pickle, not torch.save
+    with pytest.raises(CheckpointError, match=r"plain Python pickle that would import and call \['posix.system'\]"):
+        safe_load(str(p))
+    from ovsam.vocabulary import load_text_embeddings
+    with pytest.raises(ValueError, match='could run code'):
+        load_text_embeddings(str(p))
+
+
+def test_torch_file_named_safetensors_loads_by_content(tmp_path):
+    p = tmp_path / 'w.safetensors'
+    torch.save({'a': torch.ones(2)}, p)
+    assert torch.equal(safe_load(str(p))['a'], torch.ones(2))
+
+
+def test_pipes_and_broken_links_are_named(tmp_path):
+    fifo = tmp_path / 'fifo.pth'
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match='is not a regular file'):
+        safe_load(str(fifo))  # and does not hang reading it
+    link = tmp_path / 'link.pth'
+    os.symlink(tmp_path / 'nowhere.pth', link)
+    with pytest.raises(CheckpointError, match='is a broken symbolic link'):
+        safe_load(str(link))
+
+
+def test_load_state_dict_strict_target_must_be_a_module():
+    from ovsam.checkpoint import load_state_dict_strict
+    with pytest.raises(TypeError, match='the target must be a torch.nn.Module, got str'):
+        load_state_dict_strict('model', {'w': torch.ones(1)})
+    with pytest.raises(CheckpointError, match='expected a dict of named tensors, got list'):
+        load_state_dict_strict(torch.nn.Linear(1, 1), [torch.ones(1)])
+
+
+def test_atomic_write_paths(tmp_path):
+    from ovsam.fileio import atomic_save_bytes, atomic_save_json, atomic_save_text, atomic_save_torch
+    (tmp_path / 'f').write_text('x')
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        atomic_save_text(tmp_path / 'f' / 'sub' / 'o.txt', 'x')
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match='its path must be a string'):
+            atomic_save_text(bad, 'x')
+    with pytest.raises(TypeError, match='text must be a str, got bytes'):
+        atomic_save_text(tmp_path / 't.txt', b'x')
+    with pytest.raises(TypeError, match='data must be bytes, got str'):
+        atomic_save_bytes(tmp_path / 't.bin', 'x')
+    with pytest.raises(ValueError, match="n.json' as JSON.*NaN and Infinity are not JSON"):
+        atomic_save_json(tmp_path / 'n.json', {'a': float('nan')})
+    with pytest.raises(TypeError, match="u.pth': the object cannot be saved with torch.save"):
+        atomic_save_torch(tmp_path / 'u.pth', {'f': lambda: 1})
+    assert sorted(os.listdir(tmp_path)) == ['f']  # nothing written, no temporary files left
+
+
+def test_atomic_write_goes_through_a_symlink(tmp_path):
+    from ovsam.fileio import atomic_save_text
+    target = tmp_path / 'target.txt'
+    atomic_save_text(target, 'old')
+    os.symlink(target, tmp_path / 'link.txt')
+    atomic_save_text(tmp_path / 'link.txt', 'new')
+    assert os.path.islink(tmp_path / 'link.txt') and target.read_text() == 'new'
+
+
+def test_paths_that_are_directories_are_named(tmp_path):
+    with pytest.raises(IsADirectoryError, match='detector results file .* is a directory'):
+        read_detections(str(tmp_path))
+    with pytest.raises(IsADirectoryError, match='annotation file .* is a directory'):
+        load_annotation_index(str(tmp_path))
+    with pytest.raises(TypeError, match='ann_file must be a path'):
+        load_annotation_index(None)
+    with pytest.raises(TypeError, match='proposal_file must be a path'):
+        read_detections(None)
+    with pytest.raises(TypeError, match='is a int, not an image path'):
+        split_entry_key(5)
+
+
+def test_proposals_need_an_image_id(tmp_path):
+    t = LoadProposalPrompts(_dets(tmp_path, [_det()]), ann_file=_ann(tmp_path))
+    with pytest.raises(KeyError, match=r"needs results\['img_id'\]"):
+        t.transform(dict(ori_shape=(100, 200), img_shape=(100, 200), scale_factor=(1.0, 1.0), img_path="a.png"))
+
+
+def test_dump_tool_config_errors(tmp_path):
+    tool = _dump_tool()
+    (tmp_path / 'bad.py').write_text('this is not python(')
+    for path, text in ((tmp_path / 'none.py', 'does not exist'), (tmp_path, 'is a directory'),
+                       (tmp_path / 'bad.py', 'cannot be read as an mmengine config')):
+        with pytest.raises(SystemExit, match=text):
+            tool.main([str(path)])
+
+
+def _hook_runner(classes, model):
+    class DS:
+        metainfo = {'classes': classes}
+
+    class Loader:
+        dataset = DS()
+
+    class Runner:
+        test_dataloader = Loader()
+    Runner.model = model
+    return Runner()
+
+
+@pytest.mark.parametrize('classes, exc, text', [
+    ('cat', TypeError, r"is the string 'cat', not a list .* letter by letter"),
+    ((1, 2, 3), TypeError, 'item 0 is int 1'),
+    (('cat', 'cat', 'car'), ValueError, r"classes name \['cat'\] more than once"),
+])
+def test_vocabulary_hook_checks_the_dataset_classes(classes, exc, text):
+    from ovsam.hooks import CheckVocabularyHook
+
+    from conftest import TINY_CFG, build_tiny
+    from mmengine.config import Config
+    model = build_tiny(Config.fromfile(TINY_CFG), num_classes=3)
+    with pytest.raises(exc, match=text):
+        CheckVocabularyHook().before_test(_hook_runner(classes, model))
+    CheckVocabularyHook().before_test(_hook_runner(None, model))  # no classes: nothing to check
+
+
+def test_onnx_export_arguments(tmp_path):
+    pytest.importorskip('onnx')
+    from mmengine.config import Config
+
+    from conftest import TINY_CFG, build_tiny
+    from ovsam.apis.onnx_export import export_prompt_model
+    model = build_tiny(Config.fromfile(TINY_CFG), num_classes=3)
+    out = str(tmp_path / 'm.onnx')
+    for kwargs, exc, text in [
+        (dict(class_names='abc'), TypeError, 'class_names: class names must be a list'),
+        (dict(class_names={'a', 'b', 'c'}), TypeError, 'ordered list'),
+        (dict(class_names=['a']), ValueError, "class_names has 1 names but the model's vocabulary has 3"),
+        (dict(class_names=['a', 'A', 'b']), ValueError, 'duplicate classes'),
+        (dict(opset='17'), TypeError, 'opset must be an integer'),
+        (dict(opset=11), ValueError, 'opset >= 16 is needed'),
+        (dict(opset=99), ValueError, 'writes opsets 16..'),
+    ]:
+        with pytest.raises(exc, match=text):
+            export_prompt_model(model, out, **kwargs)
+    with pytest.raises(TypeError, match='model must be an ovsam.models.OVSAM'):
+        export_prompt_model(torch.nn.Linear(2, 2), out)
+    assert not os.path.exists(out)

@@ -71,7 +71,14 @@ def main(argv=None):
     from tqdm import tqdm
     from ovsam.fileio import atomic_save_torch
     from ovsam.registry import DATASETS, MODELS, build_data_preprocessor
-    cfg = Config.fromfile(args.config)
+    if osp.isdir(args.config):
+        raise SystemExit(f'config {args.config!r} is a directory; give the .py config file')
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config {args.config!r} does not exist')
+    try:
+        cfg = Config.fromfile(args.config)
+    except (SyntaxError, ValueError, TypeError, ImportError, KeyError) as e:
+        raise SystemExit(f'config {args.config!r} cannot be read as an mmengine config ({type(e).__name__}: {e})')
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope('mmdet')

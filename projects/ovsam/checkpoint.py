@@ -154,6 +154,32 @@ def _refused_for_safety(exc: BaseException) -> bool:
     return 'GLOBAL' in msg or 'Unsupported global' in msg or 'is not an allowed global' in msg.lower()
 
 
+_PLAIN_GLOBALS = ('torch.', 'collections.OrderedDict', 'builtins.set', 'builtins.frozenset', 'numpy.')
+
+
+def pickle_globals(path: str, limit: int = 1 << 26) -> list:
+    """``module.name`` of every class or function a plain pickle file would
+    import, read with :mod:`pickletools` (nothing is imported or run); [] when
+    the file is not a readable pickle."""
+    import pickletools
+    found, strings = [], []
+    try:
+        with open(path, 'rb') as f:
+            data = f.read(limit)
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE', 'BINUNICODE8'):
+                strings = (strings + [arg])[-2:]
+            elif op.name == 'GLOBAL' and isinstance(arg, str):
+                found.append(arg.replace(' ', '.'))
+            elif op.name == 'STACK_GLOBAL' and len(strings) == 2:
+                found.append('.'.join(strings))
+            elif op.name == 'STOP':
+                break
+    except Exception:  # not a pickle, truncated: whatever was found so far
+        pass
+    return list(dict.fromkeys(found))
+
+
 def describe_unloadable(path: str, exc: Optional[BaseException] = None) -> str:
     """Why ``path`` cannot be read as a weights-only torch file, in words."""
     fmt = sniff_format(path)
@@ -175,6 +201,12 @@ def describe_unloadable(path: str, exc: Optional[BaseException] = None) -> str:
                 'TorchScript (ovsam.checkpoint.load_clip_state_dict)')
     if fmt in _FORMATS:
         return f'it is {_FORMATS[fmt]}, not a PyTorch checkpoint'
+    if fmt == 'torch_legacy' and exc is not None and not _refused_for_safety(exc):
+        risky = [g for g in pickle_globals(path) if not g.startswith(_PLAIN_GLOBALS)]
+        if risky:
+            return (f'it is a plain Python pickle that would import and call {risky[:3]} when loaded (objects '
+                    'that could run code), not tensors saved with torch.save; if you trust the file, re-save its '
+                    'tensors with torch.save(state_dict) in a trusted environment')
     if exc is not None and _refused_for_safety(exc):
         msg = [ln for ln in str(exc).split('\n') if 'GLOBAL' in ln or 'global' in ln]
         return (f'it holds pickled objects that could run code when loaded ({(msg or [""])[0].strip()[:200]}); '
@@ -194,6 +226,12 @@ def _check_path(path, what: str = 'checkpoint') -> str:
         hint = f'; files inside that look like checkpoints: {inside}' if inside else ''
         raise CheckpointError(f'{what} {path!r} is a directory, not a checkpoint file: give the file{hint}')
     if not osp.isfile(path):
+        if osp.lexists(path) and not osp.exists(path):
+            raise CheckpointError(f'{what} {path!r} is a broken symbolic link (to {os.readlink(path)!r}, which does '
+                                  'not exist): fix the link or give the file itself')
+        if osp.exists(path):
+            raise CheckpointError(f'{what} {path!r} is not a regular file (a pipe, socket or device): copy the '
+                                  'checkpoint to a file and give that')
         raise CheckpointError(f'{what} {path!r} does not exist (all checkpoints are read from local paths; '
                               'nothing is downloaded)')
     return path
@@ -221,13 +259,14 @@ def safe_load(path: str, map_location='cpu'):
     fmt = sniff_format(path)
     if fmt == 'safetensors':
         return _load_safetensors(path, map_location)
-    if path.endswith('.safetensors'):
+    if path.endswith('.safetensors') and fmt not in ('torch_zip', 'torch_legacy'):
         raise CheckpointError(f'{path!r} is named .safetensors but {describe_unloadable(path)}')
     if fmt not in ('torch_zip', 'torch_legacy'):
         raise CheckpointError(f'cannot load {path!r}: {describe_unloadable(path)}')
     try:
         with torch.serialization.safe_globals(list(mmengine_safe_globals())):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with open(path, 'rb') as f:  # a file object: torch never picks a loader from the name
+                return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:
         if _refused_for_safety(e):
             raise CheckpointError(f'refusing to load {path!r}: {describe_unloadable(path, e)}') from e
@@ -297,6 +336,12 @@ def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], so
     """``load_state_dict(strict=True)`` with one readable error listing every
     problem; non-tensor values and (unless ``allow_nonfinite``) NaN / Inf
     weights are refused too."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f'cannot load {source or "a state dict"}: the target must be a torch.nn.Module, got '
+                        f'{type(module).__name__}')
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f'cannot load {source or "a state dict"}: expected a dict of named tensors, got '
+                              f'{type(sd).__name__}')
     bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f'cannot load {source or "state dict"}: non-tensor values for '

@@ -11,6 +11,10 @@ e.g. ``cv2.imwrite`` or ``torch.onnx.export``):
 4. the folder is ``fsync``-ed where the platform allows it, so the rename
    itself survives a power cut.
 
+A destination that is a symbolic link is written through: the file the link
+points to is replaced (in the target's folder) and the link stays a link, as
+with a plain ``open(path, 'w')``.
+
 If anything fails before step 3 (an exception inside the ``with`` block, a
 full disk, Ctrl-C), the temporary file is removed and the destination is left
 as it was: readers see either the old file or the complete new one, never a
@@ -118,14 +122,28 @@ def remove_stale_temps(path) -> int:
 
 
 def _prepare(path) -> tuple:
-    path = os.fspath(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f'cannot write a file: its path must be a string (or os.PathLike), got '
+                        f'{type(path).__name__} {path!r}'[:200]) from None
     if not isinstance(path, str):
         path = os.fsdecode(path)
     if not path:
         raise ValueError('cannot write a file with an empty path')
+    if '\0' in path:
+        raise ValueError(f'cannot write {path!r}: the path contains a NUL character')
+    if osp.islink(path):  # write through the link, as open(path, 'w') would; the link stays
+        path = osp.realpath(path)
     if osp.isdir(path):
         raise IsADirectoryError(f'cannot write {path!r}: it is a directory; give a file name')
     folder = osp.dirname(osp.abspath(path))
+    parent = folder
+    while parent and not osp.exists(parent):
+        parent = osp.dirname(parent) if osp.dirname(parent) != parent else ''
+    if parent and not osp.isdir(parent):
+        raise NotADirectoryError(f'cannot write {path!r}: {parent!r} is a file, not a folder; choose another '
+                                 'output path (or move that file away)')
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
     return path, folder
@@ -200,6 +218,9 @@ def atomic_write(path, mode: str = 'wb', encoding: Optional[str] = None, newline
 
 def atomic_save_bytes(path, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically; return ``path``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f'cannot write {path!r}: data must be bytes, got {type(data).__name__} '
+                        '(use atomic_save_text for text)')
     with atomic_write(path, 'wb') as f:
         f.write(data)
     return os.fspath(path)
@@ -207,6 +228,9 @@ def atomic_save_bytes(path, data: bytes) -> str:
 
 def atomic_save_text(path, text: str, encoding: str = 'utf-8') -> str:
     """Write ``text`` to ``path`` atomically; return ``path``."""
+    if not isinstance(text, str):
+        raise TypeError(f'cannot write {path!r}: text must be a str, got {type(text).__name__} '
+                        '(use atomic_save_bytes for bytes)')
     with atomic_write(path, 'w', encoding=encoding) as f:
         f.write(text)
     return os.fspath(path)
@@ -220,12 +244,25 @@ def atomic_save_json(path, obj: Any, **kwargs) -> str:
     ``json.dumps`` (``allow_nan=False`` by default: NaN is not JSON).
     """
     kwargs.setdefault('allow_nan', False)
-    return atomic_save_text(path, json.dumps(obj, **kwargs))
+    try:
+        text = json.dumps(obj, **kwargs)
+    except (TypeError, ValueError) as e:
+        hint = ' (NaN and Infinity are not JSON: replace them, e.g. by None)' if 'Out of range float' in str(e) else ''
+        raise type(e)(f'cannot write {os.fspath(path)!r} as JSON: {e}{hint}; nothing was written') from None
+    return atomic_save_text(path, text)
 
 
 def atomic_save_torch(path, obj: Any) -> str:
     """``torch.save(obj)`` to ``path`` atomically; return ``path``."""
+    import pickle
+
     import torch
-    with atomic_write(path, 'wb') as f:
-        torch.save(obj, f)
+    try:
+        with atomic_write(path, 'wb') as f:
+            torch.save(obj, f)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        if not isinstance(e, pickle.PicklingError) and 'pickle' not in str(e).lower():
+            raise
+        raise TypeError(f'cannot write {os.fspath(path)!r}: the object cannot be saved with torch.save ({e}); '
+                        'save tensors, numbers, strings and plain containers only; nothing was written') from None
     return os.fspath(path)

@@ -44,9 +44,25 @@ class CheckVocabularyHook(Hook):
         if clf is None or loader is None:
             return
         dataset = loader.dataset
-        classes = list(dataset.metainfo.get('classes', ()))
+        raw = dataset.metainfo.get('classes')
+        name = type(dataset).__name__
+        if raw is None:
+            return
+        if isinstance(raw, (str, bytes)):
+            raise TypeError(f"{name}'s metainfo['classes'] is the string {raw!r}"[:200] + ', not a list of class '
+                            f'names (it would be read letter by letter): set classes=({raw!r},) for one class')
+        classes = list(raw)
         if not classes:
             return
+        bad = [(i, c) for i, c in enumerate(classes) if not isinstance(c, str)]
+        if bad:
+            raise TypeError(f"{name}'s metainfo['classes'] must be class names (strings); item {bad[0][0]} is "
+                            f'{type(bad[0][1]).__name__} {bad[0][1]!r}'[:200])
+        firsts = [_synonyms(c)[0] for c in classes]
+        dups = sorted({c for c in firsts if firsts.count(c) > 1})
+        if dups:
+            raise ValueError(f"{name}'s classes name {dups[:5]} more than once: label i must be one class, so "
+                             'every class must appear once; fix the dataset metainfo')
         source = getattr(clf, 'vocabulary_path', None)
         source = f'the vocabulary file {source!r}' if source else 'the vocabulary'
         if clf.num_classes != len(classes):

@@ -94,12 +94,20 @@ def main(argv=None):
     import numpy as np
 
     from ovsam.apis import OVSAMAutomaticMaskGenerator, OVSAMPredictor, draw_predictions
+    if osp.isdir(args.image):
+        raise SystemExit(f'image {args.image!r} is a directory; give an image file')
     if not osp.isfile(args.image):
         raise SystemExit(f'image {args.image!r} does not exist')
+    for flag, path in (('--out', args.out), ('--json', args.json)):
+        if path is not None and osp.isdir(path):
+            raise SystemExit(f'{flag} {path!r} is a directory; give a file name inside it')
     import cv2
     if not cv2.haveImageWriter(args.out):
         raise SystemExit(f'--out {args.out!r}: OpenCV cannot write this file type; use .png or .jpg')
-    image = mmcv.imread(args.image, channel_order='rgb')
+    try:
+        image = mmcv.imread(args.image, channel_order='rgb')
+    except (cv2.error, ValueError, OSError):  # mmcv converts colours before checking that anything was read
+        image = None
     if image is None:
         raise SystemExit(f'image {args.image!r} could not be read as an image (not an image file, or corrupt)')
     if args.config is None and args.checkpoint is None:
@@ -167,5 +175,15 @@ def main(argv=None):
     return 0
 
 
+def _cli() -> int:
+    """``main()`` for the command line: the library's input errors (they name the
+    input and the fix) end the run with their message instead of a traceback."""
+    from ovsam.checkpoint import CheckpointError
+    try:
+        return main()
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, CheckpointError) as e:
+        raise SystemExit(f'image_demo: {type(e).__name__}: {e}') from None
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(_cli())

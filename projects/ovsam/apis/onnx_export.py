@@ -238,8 +238,32 @@ def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
     Dynamic axes: number of prompts N and points per prompt P. Uses
     PyTorch's TorchScript-based exporter (no ``onnxscript`` needed).
     """
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise TypeError(f'opset must be an integer ONNX opset version (e.g. 17), got {type(opset).__name__} '
+                        f'{opset!r}')
     if opset < 16:
-        raise ValueError('opset >= 16 is needed for the half-pixel (aligned) RoiAlign')
+        raise ValueError(f'opset={opset}: opset >= 16 is needed for the half-pixel (aligned) RoiAlign')
+    from torch.onnx import _constants
+    top = getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', None)
+    if top is not None and opset > top:
+        raise ValueError(f'opset={opset}: the TorchScript-based ONNX exporter of this PyTorch writes opsets 16..{top}; '
+                         'use 17 (the default)')
+    if not isinstance(model, nn.Module) or not hasattr(model, 'predict_prompts') or \
+            getattr(getattr(model, 'mask_decoder', None), 'classifier', None) is None:
+        raise TypeError(f'model must be an ovsam.models.OVSAM (e.g. OVSAMPredictor.model), got '
+                        f'{type(model).__name__}')
+    own = list(model.mask_decoder.classifier.class_names or [])
+    k = int(model.mask_decoder.classifier.num_classes)
+    if class_names is not None:
+        from ..vocabulary import check_class_names
+        try:
+            class_names = check_class_names(class_names)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f'class_names: {e}') from None
+        if k > 0 and len(class_names) != k:
+            raise ValueError(f'class_names has {len(class_names)} names but the model\'s vocabulary has {k} '
+                             f'classes (its class scores have {k} columns): give one name per class, in order, '
+                             'or leave class_names out to use the model\'s own')
     wrapper = PromptSideModel(model).eval()
     args = tuple(dummy_inputs(model))
     dyn = {
@@ -250,7 +274,7 @@ def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
         'class_scores': {0: 'num_prompts'},
         'boxes': {0: 'num_prompts'},
     }
-    names = list(class_names) if class_names is not None else list(model.mask_decoder.classifier.class_names or [])
+    names = list(class_names) if class_names is not None else own
     bad = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
     if bad:
         raise TypeError(f'class_names must be strings; (index, type) of the others: {bad[:5]}')

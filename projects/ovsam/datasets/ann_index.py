@@ -58,7 +58,11 @@ class AnnotationIndex:
 
 def load_annotation_index(path: str) -> AnnotationIndex:
     """Parse ``path`` (once per process and file version) into an :class:`AnnotationIndex`."""
-    path = osp.abspath(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f'ann_file must be a path (str), got {type(path).__name__} {path!r}'[:200])
+    path = osp.abspath(os.fspath(path))
+    if osp.isdir(path):
+        raise IsADirectoryError(f'annotation file {path!r} is a directory; give the .json file inside it')
     if not osp.isfile(path):
         raise FileNotFoundError(f'annotation file {path!r} does not exist')
     st = os.stat(path)

@@ -271,7 +271,12 @@ def read_detections(path: str, file_format: str = 'auto') -> DetectionTable:
     Args:
         file_format: ``'json'``, ``'pkl'`` or ``'auto'`` (by extension).
     """
-    path = osp.abspath(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f'proposal_file must be a path (str), got {type(path).__name__} {path!r}'[:200])
+    path = osp.abspath(os.fspath(path))
+    if osp.isdir(path):
+        raise IsADirectoryError(f'detector results file {path!r} is a directory; give the .json or .pkl file '
+                                'inside it')
     if not osp.isfile(path):
         raise FileNotFoundError(f'detector results file {path!r} does not exist')
     if file_format == 'auto':
@@ -526,6 +531,13 @@ class LoadProposalPrompts(BaseTransform):
 
     # ------------------------------------------------------------ per image
     def _lookup(self, results: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if results.get('img_id') is None:
+            by_name = any(isinstance(k, str) for k in self._by_image)
+            if not by_name or results.get('img_path') is None:
+                raise KeyError(f"LoadProposalPrompts needs results['img_id'] (the image id of the detections in "
+                               f'{self.proposal_file!r}) {"or img_path " if by_name else ""}to find the image\'s '
+                               'detections; without it every image would silently get none. Use it after '
+                               'LoadImageFromFile in a dataset that sets img_id (e.g. CocoDataset)')
         key = _image_key(results.get('img_id'))
         if key in self._by_image:
             return self._by_image[key]

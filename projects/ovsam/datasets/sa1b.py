@@ -29,6 +29,8 @@ def split_entry_key(name: str, split: str = 'split list', line_no: int = 0) -> T
     names the feature file that ``tools/dump_sam_features.py`` writes.
     """
     where = f'{split}: line {line_no} ({name!r})'
+    if not isinstance(name, str):
+        raise TypeError(f'{where} is a {type(name).__name__}, not an image path (str)')
     if '\0' in name:
         raise ValueError(f'{where} contains a NUL character')
     if name.startswith(('/', '\\')) or osp.isabs(name) or (len(name) > 1 and name[1] == ':'):
