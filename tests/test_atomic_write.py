@@ -166,10 +166,9 @@ _RAW_WRITES = re.compile(
     r"""onnx\.save\(|pickle\.dump\(|shutil\.copy|shutil\.move|\.savefig\(|\.to_csv\(|Image\.save|\.save\(""")
 
 # files owned elsewhere whose writes are still to be routed through ovsam.fileio
-_NOT_YET = {
-    'projects/ovsam/apis/visualization.py', 'projects/ovsam/datasets/shapes.py',
-}
-_NOT_YET_DIRS = ('tools/demo/', 'tools/toy/')
+_NOT_YET = {'projects/ovsam/apis/visualization.py'}
+_NOT_YET_DIRS = ('tools/demo/',)
+_APPEND_ONLY_LOGS = {'tools/toy/pipeline.py'}
 
 
 def _python_files():
@@ -188,6 +187,8 @@ def test_no_raw_file_writes_outside_fileio():
         with open(osp.join(ROOT, rel), encoding='utf-8') as f:
             for no, line in enumerate(f, 1):
                 code = line.split('#', 1)[0]
+                if rel in _APPEND_ONLY_LOGS and "'a')" in code:
+                    continue  # a log that only grows: appends cannot be atomic, nothing is overwritten
                 if _RAW_WRITES.search(code) and 'torch.save(state_dict)' not in line:
                     offenders.append(f'{rel}:{no}: {line.strip()}')
     assert offenders == [], 'write through ovsam.fileio instead:\n' + '\n'.join(offenders)

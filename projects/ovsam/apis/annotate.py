@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..fileio import atomic_path, atomic_save_json, atomic_write
+from ..fileio import atomic_save_bytes, atomic_save_json
 from .automatic import OVSAMAutomaticMaskGenerator
 from .inputs import check_int, image_to_rgb
 from .predictor import OVSAMPredictor
@@ -430,9 +430,10 @@ def _draw(rgb: np.ndarray, anns: List[dict], class_names: Sequence[str], path: s
                                  class_names)
     else:
         drawn = draw_predictions(rgb)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, np.ascontiguousarray(drawn[:, :, ::-1])):
-            raise OSError(f'could not write {path}')
+    ok, buf = cv2.imencode(osp.splitext(path)[1] or '.png', np.ascontiguousarray(drawn[:, :, ::-1]))
+    if not ok:
+        raise OSError(f'could not encode {path} (OpenCV cannot write this extension)')
+    atomic_save_bytes(path, buf.tobytes())
 
 
 # ------------------------------------------------------------------ distributed
@@ -690,8 +691,7 @@ def _merge(entries: List[ImageEntry], class_names: Sequence[str], record_path, o
     dataset = dict(info=dict(description=f'OV-SAM auto-annotation ({p.mode} prompts)', version=str(FORMAT_VERSION),
                              fingerprint=fingerprint),
                    images=images, annotations=annotations, categories=categories)
-    with atomic_write(out_file, 'w') as f:
-        json.dump(dataset, f, allow_nan=False)
+    atomic_save_json(out_file, dataset)
     elapsed = time.time() - t_start
     report = dict(out_file=out_file, work_dir=work_dir, images=len(entries), annotated_images=len(images),
                   annotations=len(annotations), skipped=skipped, missing=missing, reused=cached,
