@@ -1,5 +1,4 @@
 """Tests of the synthetic shapes generator (ovsam/datasets/shapes.py)."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -12,17 +11,7 @@ from pycocotools.coco import COCO
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def _load_shapes():
-    # By path, not ``import ovsam``: the generator needs neither torch nor
-    # mmdet, and this keeps the test fast and independent of them.
-    spec = importlib.util.spec_from_file_location(
-        'ovsam_shapes_under_test', osp.join(ROOT, 'projects', 'ovsam', 'datasets', 'shapes.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-shapes = _load_shapes()
+from ovsam.datasets import shapes  # noqa: E402
 
 SIZE = 128
 KW = dict(num_train=6, num_val=3, num_sa1b=4, image_size=SIZE, max_objects=5)
@@ -212,3 +201,77 @@ def test_colour_mode_recorded_and_checked(tmp_path):
         assert json.load(f)['info']['colour_mode'] == 'random'
     with pytest.raises(ValueError, match='colour_mode'):
         shapes.render_scene(np.random.default_rng(0), shapes.SHAPE_CLASSES, colour_mode='by-class')
+
+
+def test_sa1b_class_agnostic_coco_file(dataset):
+    """Stage -1 trains the tiny SAM on this file: one category, the SA-1B masks."""
+    info = dataset['sa1b']
+    coco = COCO(info['ann_file'])
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == ['object']
+    assert len(coco.getImgIds()) == info['num_images']
+    per_image = 0
+    for i in range(1, info['num_images'] + 1):
+        with open(osp.join(info['img_dir'], f'sa_{i}.json')) as f:
+            sa = json.load(f)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[i]))
+        assert [a['segmentation'] for a in anns] == [a['segmentation'] for a in sa['annotations']]
+        per_image += len(anns)
+    assert per_image == info['num_masks'] > 0
+
+
+def test_sa1b_draws_outlines_outside_the_class_list(tmp_path):
+    out = shapes.generate_shapes_dataset(str(tmp_path / 'x'), num_train=2, num_val=1, num_sa1b=2, image_size=SIZE)
+    with open(out['sa1b']['ann_file']) as f:
+        drawn = json.load(f)['info']['shapes']
+    assert set(shapes.EXTRA_SHAPES) <= set(drawn)
+    with open(out['train']['ann_file']) as f:  # the labelled splits keep the class list
+        assert len(json.load(f)['categories']) == len(shapes.SHAPE_CLASSES)
+    plain = shapes.generate_shapes_dataset(str(tmp_path / 'y'), num_train=2, num_val=1, num_sa1b=2, image_size=SIZE,
+                                           sa1b_extra_shapes=False)
+    with open(plain['sa1b']['ann_file']) as f:
+        assert not set(shapes.EXTRA_SHAPES) & set(json.load(f)['info']['shapes'])
+
+
+@pytest.mark.parametrize('name', shapes.EXTRA_SHAPES)
+def test_extra_outlines_render_and_have_no_class_hue(name):
+    rng = np.random.default_rng(0)
+    image, inst = shapes.render_scene(rng, [name], image_size=SIZE, min_objects=2, max_objects=2, colour_mode='class')
+    assert image.shape == (SIZE, SIZE, 3) and len(inst) >= 1 and all(m.sum() > 32 for _, m in inst)
+    with pytest.raises(ValueError, match='no class hue'):
+        shapes.class_hue(name)
+
+
+def test_default_setting_is_the_plain_renderer():
+    """Naming the default setting draws the very same images (no RNG drift)."""
+    a = shapes.render_scene(np.random.default_rng(5), shapes.SHAPE_CLASSES, image_size=SIZE)
+    b = shapes.render_scene(np.random.default_rng(5), shapes.SHAPE_CLASSES, image_size=SIZE,
+                            **shapes.generator_setting('default'))
+    assert np.array_equal(a[0], b[0]) and len(a[1]) == len(b[1])
+
+
+def test_shifted_setting_changes_sizes_counts_and_appearance(tmp_path):
+    kw = dict(num_train=0, num_val=12, image_size=256, sa1b=False)
+    d = shapes.generate_shapes_dataset(str(tmp_path / 'd'), **kw)
+    s = shapes.generate_shapes_dataset(str(tmp_path / 's'), setting='shifted', **kw)
+    def stats(out):
+        with open(out['val']['ann_file']) as f:
+            coco = json.load(f)
+        sides = [max(a['bbox'][2:]) for a in coco['annotations']]
+        return len(coco['annotations']) / 12, max(sides), coco['info']['setting']
+    (nd, maxd, sd), (ns, maxs, ss) = stats(d), stats(s)
+    assert ss['textures'] == list(shapes.GENERATOR_SETTINGS['shifted']['textures'])
+    assert sd['backgrounds'] == list(shapes.GENERATOR_SETTINGS['default']['backgrounds'])
+    assert ns > nd  # 2-7 objects against 1-5
+    assert maxs > 120 >= maxd - 2  # diameters up to 144 px against 120
+
+
+@pytest.mark.parametrize('bad, match', [
+    (dict(setting='nope'), 'unknown generator setting'),
+    (dict(setting=dict(colours=1)), 'unknown generator options'),
+    (dict(setting=dict(textures=('plaid',))), 'textures must be'),
+    (dict(setting=dict(backgrounds='flat')), 'backgrounds must be'),
+    (dict(setting=dict(diameter_range=(0, 10))), 'diameter_range'),
+])
+def test_bad_settings_are_named(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        shapes.generate_shapes_dataset(str(tmp_path / 'z'), num_train=1, num_val=1, image_size=64, sa1b=False, **bad)

@@ -46,9 +46,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from ..fileio import atomic_save_bytes, atomic_save_json, atomic_save_text
+
 __all__ = [
-    'SHAPE_CLASSES', 'SHAPE_BASE_CLASSES', 'SHAPE_NOVEL_CLASSES',
-    'render_scene', 'generate_shapes_dataset', 'mask_to_rle'
+    'SHAPE_CLASSES', 'SHAPE_BASE_CLASSES', 'SHAPE_NOVEL_CLASSES', 'EXTRA_SHAPES', 'GENERATOR_SETTINGS',
+    'BACKGROUNDS', 'TEXTURES', 'render_scene', 'generate_shapes_dataset', 'generator_setting', 'mask_to_rle'
 ]
 
 # Synonyms are comma-separated, as ovsam.vocabulary.split_synonyms parses them.
@@ -76,6 +78,17 @@ _SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2}
 _DIAMETER_RANGE_256 = (40.0, 120.0)
 _MIN_COLOUR_DIST = 80.0  # RGB distance from what lies underneath
 _COLOUR_MODES = ('class', 'random')
+BACKGROUNDS = ('flat', 'gradient', 'noise', 'checker', 'dots')
+TEXTURES = ('flat', 'stripes', 'noise', 'checker', 'dots')
+# Named appearance settings of the generator. 'default' is the training data;
+# 'shifted' changes object sizes and counts, textures and backgrounds, and is
+# only ever used to measure how a trained model generalises.
+GENERATOR_SETTINGS = {
+    'default': dict(diameter_range=_DIAMETER_RANGE_256, min_objects=1, max_objects=5,
+                    backgrounds=('flat', 'gradient', 'noise'), textures=('flat', 'stripes', 'noise')),
+    'shifted': dict(diameter_range=(32.0, 144.0), min_objects=2, max_objects=7,
+                    backgrounds=('checker', 'dots', 'noise'), textures=('checker', 'dots', 'flat')),
+}
 _HUE_JITTER = 8.0  # degrees either side of a class's hue
 _PLACEMENT_TRIES = 20
 
@@ -154,12 +167,62 @@ _OUTLINES: Dict[str, Callable[[np.random.Generator], Polygons]] = {
 }
 
 
+# Outlines outside the class list: drawn only into the class-agnostic SA-1B
+# style split, so the tiny SAM of stage -1 learns to segment shapes that no
+# class names (as SAM on SA-1B does), and CLIP2SAM starts from a decoder that
+# segments novel shapes too.
+def _pentagon(rng) -> Polygons:
+    return [(_regular(5), 1)]
+
+
+def _diamond(rng) -> Polygons:
+    a = rng.uniform(0.45, 0.7)
+    return [(np.array([[0.0, -1.0], [a, 0.0], [0.0, 1.0], [-a, 0.0]]), 1)]
+
+
+def _arrow(rng) -> Polygons:
+    t = rng.uniform(0.2, 0.35)
+    return [(np.array([[-1, -t], [0.1, -t], [0.1, -0.7], [1, 0], [0.1, 0.7], [0.1, t], [-1, t]],
+                      dtype=np.float64), 1)]
+
+
+def _blob(rng) -> Polygons:
+    t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    r = np.ones_like(t)
+    for k in (2, 3, 5):
+        r += rng.uniform(0.05, 0.18) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    r /= r.max()
+    return [(np.stack([r * np.cos(t), r * np.sin(t)], axis=1), 1)]
+
+
+def _ell(rng) -> Polygons:
+    a = rng.uniform(0.3, 0.5)
+    return [(np.array([[-1, -1], [-1 + 2 * a, -1], [-1 + 2 * a, 1 - 2 * a], [1, 1 - 2 * a], [1, 1], [-1, 1]],
+                      dtype=np.float64) * 0.85, 1)]
+
+
+def _trapezoid(rng) -> Polygons:
+    top = rng.uniform(0.3, 0.6)
+    return [(np.array([[-top, -0.7], [top, -0.7], [1.0, 0.7], [-1.0, 0.7]]), 1)]
+
+
+EXTRA_SHAPES = ('pentagon', 'diamond', 'arrow', 'blob', 'l-shape', 'trapezoid')
+_EXTRA_OUTLINES: Dict[str, Callable[[np.random.Generator], Polygons]] = {
+    'pentagon': _pentagon, 'diamond': _diamond, 'arrow': _arrow, 'blob': _blob, 'l-shape': _ell,
+    'trapezoid': _trapezoid,
+}
+
+
+def _outline(key: str) -> Callable[[np.random.Generator], Polygons]:
+    return _OUTLINES[key] if key in _OUTLINES else _EXTRA_OUTLINES[key]
+
+
 def _shape_key(name: str) -> str:
     """Outline key of a class name: its first synonym, e.g. 'ring,annulus' -> 'ring'."""
     key = name.split(',')[0].strip().lower()
-    if key not in _OUTLINES:
+    if key not in _OUTLINES and key not in _EXTRA_OUTLINES:
         raise ValueError(f'no outline for class {name!r}; first synonym must be one of '
-                         f'{sorted(_OUTLINES)}')
+                         f'{sorted(_OUTLINES) + sorted(_EXTRA_OUTLINES)}')
     return key
 
 
@@ -171,6 +234,10 @@ def _resolve_classes(classes: Optional[Sequence[Union[str, int]]]) -> List[str]:
     if not names:
         raise ValueError('classes is empty')
     keys = [_shape_key(n) for n in names]
+    extra = [n for n, k in zip(names, keys) if k not in _OUTLINES]
+    if extra:
+        raise ValueError(f'{extra} are outlines outside the class list (EXTRA_SHAPES), drawn only into the '
+                         f'class-agnostic SA-1B split; classes must be among {sorted(_OUTLINES)}')
     if len(set(keys)) != len(keys):
         raise ValueError(f'classes {names} name the same shape twice')
     return names
@@ -183,23 +250,42 @@ def _random_colour(rng) -> np.ndarray:
     return rng.integers(0, 256, size=3).astype(np.float32)
 
 
-def _background(rng, h: int, w: int) -> np.ndarray:
-    kind = rng.integers(3)
-    if kind == 0:  # flat
+def _pattern(rng, kind: str, ys: np.ndarray, xs: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """(N, 3) values of a two-shade pattern at pixels (ys, xs): 'checker' or 'dots'."""
+    other = np.clip(colour + rng.uniform(-90, 90, size=3), 0, 255).astype(np.float32)
+    period = rng.uniform(6, 16)
+    ang = rng.uniform(0, np.pi / 2)
+    u = (xs * np.cos(ang) + ys * np.sin(ang)) / period
+    v = (-xs * np.sin(ang) + ys * np.cos(ang)) / period
+    if kind == 'checker':
+        on = (np.floor(u).astype(np.int64) + np.floor(v).astype(np.int64)) % 2 == 0
+    else:  # dots
+        on = (u - np.round(u)) ** 2 + (v - np.round(v)) ** 2 < rng.uniform(0.04, 0.12)
+    return np.where(on[:, None], colour, other)
+
+
+def _background(rng, h: int, w: int, kinds: Sequence[str] = ('flat', 'gradient', 'noise')) -> np.ndarray:
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == 'flat':
         img = np.broadcast_to(_random_colour(rng), (h, w, 3)).copy()
-    elif kind == 1:  # linear gradient at a random angle
+    elif kind in ('checker', 'dots'):
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = _pattern(rng, kind, ys.ravel(), xs.ravel(), _random_colour(rng)).reshape(h, w, 3)
+    elif kind == 'gradient':  # linear gradient at a random angle
         c0, c1 = _random_colour(rng), _random_colour(rng)
         ang = rng.uniform(0, 2 * np.pi)
         t = (np.arange(w, dtype=np.float32)[None] * np.cos(ang)
              + np.arange(h, dtype=np.float32)[:, None] * np.sin(ang))
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
         img = c0 + t[..., None] * (c1 - c0)
-    else:  # smooth colour noise: a small random grid upsampled
+    elif kind == 'noise':  # smooth colour noise: a small random grid upsampled
         cells = int(rng.integers(2, 9))
         grid = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.float32)
         # Random contrast: full-range noise alone would make every scene loud.
         grid = grid.mean((0, 1)) + rng.uniform(0.3, 1.0) * (grid - grid.mean((0, 1)))
         img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    else:
+        raise ValueError(f'unknown background {kind!r}; choose from {BACKGROUNDS}')
     if rng.random() < 0.3:
         # Unlabelled clutter so that "any edge" is not a shape cue.
         for _ in range(int(rng.integers(1, 6))):
@@ -209,21 +295,27 @@ def _background(rng, h: int, w: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def _texture(rng, colour: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """(N, 3) fill of the pixels at (ys, xs): flat, stripes or noisy, independent of class."""
-    kind = rng.integers(3)
-    if kind == 0:
+def _texture(rng, colour: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+             kinds: Sequence[str] = ('flat', 'stripes', 'noise')) -> np.ndarray:
+    """(N, 3) fill of the pixels at (ys, xs), independent of class: one of
+    ``kinds`` ('flat', 'stripes', 'noise', 'checker', 'dots')."""
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == 'flat':
         return np.broadcast_to(colour, (len(ys), 3))
-    if kind == 1:
-        # A nearby second shade keeps the stripes contrasting with what the
-        # base colour was checked against.
-        other = np.clip(colour + rng.uniform(-70, 70, size=3), 0, 255).astype(np.float32)
-        ang = rng.uniform(0, np.pi)
-        period = rng.uniform(4, 14)
-        phase = (xs * np.cos(ang) + ys * np.sin(ang)) / period + rng.uniform(0, 1)
-        return np.where(((phase % 1.0) < 0.5)[:, None], colour, other)
-    sigma = rng.uniform(8, 25)
-    return colour + sigma * rng.standard_normal((len(ys), 1), dtype=np.float32)
+    if kind in ('checker', 'dots'):
+        return _pattern(rng, kind, ys, xs, colour)
+    if kind == 'noise':
+        sigma = rng.uniform(8, 25)
+        return colour + sigma * rng.standard_normal((len(ys), 1), dtype=np.float32)
+    if kind != 'stripes':
+        raise ValueError(f'unknown texture {kind!r}; choose from {TEXTURES}')
+    # A nearby second shade keeps the stripes contrasting with what the base
+    # colour was checked against.
+    other = np.clip(colour + rng.uniform(-70, 70, size=3), 0, 255).astype(np.float32)
+    ang = rng.uniform(0, np.pi)
+    period = rng.uniform(4, 14)
+    phase = (xs * np.cos(ang) + ys * np.sin(ang)) / period + rng.uniform(0, 1)
+    return np.where(((phase % 1.0) < 0.5)[:, None], colour, other)
 
 
 def _rasterise(polys: Polygons, center: np.ndarray, radius: float, angle: float,
@@ -241,7 +333,10 @@ def _rasterise(polys: Polygons, center: np.ndarray, radius: float, angle: float,
 def class_hue(name: str) -> float:
     """Hue in degrees of a class in ``colour_mode='class'``: fixed by its outline,
     so a class keeps its colour whatever subset of classes is generated."""
-    return 360.0 * list(_OUTLINES).index(_shape_key(name)) / len(_OUTLINES)
+    key = _shape_key(name)
+    if key not in _OUTLINES:
+        raise ValueError(f'{name!r} is not a class outline; it has no class hue')
+    return 360.0 * list(_OUTLINES).index(key) / len(_OUTLINES)
 
 
 def _hue_colour(rng, hue: float) -> np.ndarray:
@@ -270,6 +365,11 @@ def _pick_colour(rng, canvas: np.ndarray, label: np.ndarray, mask: np.ndarray,
     return best
 
 
+def _check_kinds(kinds: Sequence[str], allowed: Sequence[str], what: str) -> None:
+    if isinstance(kinds, str) or not len(kinds) or any(k not in allowed for k in kinds):
+        raise ValueError(f'{what} must be a non-empty sequence of {allowed}, got {kinds!r}')
+
+
 def render_scene(rng: np.random.Generator,
                  shapes: Sequence[str],
                  image_size: int = 256,
@@ -277,15 +377,23 @@ def render_scene(rng: np.random.Generator,
                  max_objects: int = 5,
                  min_visible_area: int = 32,
                  max_occlusion: float = 0.5,
-                 colour_mode: str = 'class') -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+                 colour_mode: str = 'class',
+                 diameter_range: Tuple[float, float] = _DIAMETER_RANGE_256,
+                 backgrounds: Sequence[str] = ('flat', 'gradient', 'noise'),
+                 textures: Sequence[str] = ('flat', 'stripes', 'noise')) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw one image of random shapes.
 
     Args:
         rng: source of all randomness.
-        shapes: class names (first synonym selects the outline).
+        shapes: class names (first synonym selects the outline; the names in
+            ``EXTRA_SHAPES`` are outlines outside the class list).
         image_size: side of the square image.
         colour_mode: ``'class'`` (each class its own hue band) or ``'random'``
             (colour independent of class; see the module docstring).
+        diameter_range: object diameters in pixels at 256 x 256 (scaled with
+            ``image_size``).
+        backgrounds, textures: the kinds drawn from (``BACKGROUNDS``,
+            ``TEXTURES``); see ``GENERATOR_SETTINGS``.
 
     Returns:
         ``(image, instances)``: a uint8 (H, W, 3) BGR image and a list of
@@ -296,19 +404,24 @@ def render_scene(rng: np.random.Generator,
         raise ValueError(f'need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}')
     if colour_mode not in _COLOUR_MODES:
         raise ValueError(f'colour_mode must be one of {_COLOUR_MODES}, got {colour_mode!r}')
+    _check_kinds(backgrounds, BACKGROUNDS, 'backgrounds')
+    _check_kinds(textures, TEXTURES, 'textures')
+    lo, hi = (float(d) * image_size / 256.0 for d in diameter_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f'diameter_range must be (min, max) with 0 < min <= max, got {diameter_range}')
     keys = [_shape_key(s) for s in shapes]
-    hues = [class_hue(s) if colour_mode == 'class' else None for s in shapes]
+    # outlines outside the class list have no class hue: random colours
+    hues = [class_hue(s) if colour_mode == 'class' and k in _OUTLINES else None for s, k in zip(shapes, keys)]
     h = w = int(image_size)
-    canvas = _background(rng, h, w)
+    canvas = _background(rng, h, w, backgrounds)
     label = np.zeros((h, w), np.int32)  # 0 = background, k = k-th drawn shape
     counts = [h * w]  # visible pixels per label
     full_area = [0]
     classes: List[int] = []
-    lo, hi = (d * image_size / 256.0 for d in _DIAMETER_RANGE_256)
 
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         cls = int(rng.integers(len(keys)))
-        polys = _OUTLINES[keys[cls]](rng)
+        polys = _outline(keys[cls])(rng)
         for _try in range(_PLACEMENT_TRIES):
             radius = rng.uniform(lo, hi) / 2
             # Centres may sit near the border: shapes cut by the frame are realistic.
@@ -325,7 +438,7 @@ def render_scene(rng: np.random.Generator,
             continue  # no acceptable placement: skip this object
         colour = _pick_colour(rng, canvas, label, mask, hues[cls])
         ys, xs = np.nonzero(mask)
-        canvas[ys, xs] = _texture(rng, colour, ys.astype(np.float32), xs.astype(np.float32))
+        canvas[ys, xs] = _texture(rng, colour, ys.astype(np.float32), xs.astype(np.float32), textures)
         counts = list(left) + [area]
         full_area.append(area)
         classes.append(cls)
@@ -363,17 +476,16 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _write_image(path: str, image: np.ndarray) -> None:
-    if path.endswith('.jpg'):
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    else:
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    if not cv2.imwrite(path, image, params):
-        raise IOError(f'could not write {path}')
+    ext = osp.splitext(path)[1]
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == '.jpg' else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode(ext, image, params)
+    if not ok:
+        raise IOError(f'could not encode {path}')
+    atomic_save_bytes(path, buf.tobytes())
 
 
 def _dump_json(obj, path: str) -> None:
-    with open(path, 'w') as f:
-        json.dump(obj, f, separators=(',', ':'))
+    atomic_save_json(path, obj, separators=(',', ':'))
 
 
 def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names: List[str],
@@ -405,7 +517,8 @@ def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names
     ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
     _dump_json({
         'info': {'description': f'synthetic shapes ({split})', 'seed': int(seed),
-                 'colour_mode': render_kw['colour_mode']},
+                 'colour_mode': render_kw['colour_mode'],
+                 'setting': {k: render_kw[k] for k in GENERATOR_SETTINGS['default']}},
         'licenses': [],
         'images': images,
         'annotations': annotations,
@@ -417,9 +530,12 @@ def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names
 
 def _write_sa1b(out_dir: str, num_images: int, names: List[str], seed: int,
                 render_kw: Dict) -> Dict:
+    """SA-1B layout (image + per-image JSON + split list), plus the same masks
+    as one class-agnostic COCO file (``annotations/instances_sa1b.json``, one
+    category ``object``) on which the tiny SAM of stage -1 is trained."""
     sa_dir = osp.join(out_dir, 'sa1b')
     os.makedirs(sa_dir, exist_ok=True)
-    basenames, num_masks = [], 0
+    basenames, images, coco_anns = [], [], []
     for i in range(num_images):
         image_id = i + 1
         base = f'sa_{image_id}'
@@ -431,26 +547,49 @@ def _write_sa1b(out_dir: str, num_images: int, names: List[str], seed: int,
             # SA-1B's prompt point: take the most interior pixel (deterministic).
             dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
             py, px = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            rle, bbox, area = mask_to_rle(mask), _bbox_xywh(mask), int(mask.sum())
             anns.append({
                 'id': len(anns) + 1,
-                'segmentation': mask_to_rle(mask),
-                'bbox': _bbox_xywh(mask),
-                'area': int(mask.sum()),
+                'segmentation': rle,
+                'bbox': bbox,
+                'area': area,
                 'predicted_iou': 1.0,
                 'stability_score': 1.0,
                 'point_coords': [[float(px - 1), float(py - 1)]],
                 'crop_box': [0, 0, w, h],
             })
-        num_masks += len(anns)
+            coco_anns.append({'id': len(coco_anns) + 1, 'image_id': image_id, 'category_id': 1,
+                              'segmentation': rle, 'area': area, 'bbox': bbox, 'iscrowd': 0})
         _dump_json({'image': {'image_id': image_id, 'file_name': base + '.jpg',
                               'height': h, 'width': w},
                     'annotations': anns}, osp.join(sa_dir, base + '.json'))
+        images.append({'id': image_id, 'file_name': base + '.jpg', 'height': h, 'width': w})
         basenames.append(base)
     list_file = osp.join(sa_dir, 'train.txt')
-    with open(list_file, 'w') as f:
-        f.write(''.join(b + '\n' for b in basenames))
-    return {'img_dir': sa_dir, 'list_file': list_file, 'num_images': num_images,
-            'num_masks': num_masks}
+    atomic_save_text(list_file, ''.join(b + '\n' for b in basenames))
+    ann_file = osp.join(out_dir, 'annotations', 'instances_sa1b.json')
+    _dump_json({'info': {'description': 'synthetic shapes, class-agnostic (SA-1B style)', 'seed': int(seed),
+                         'shapes': [_shape_key(n) for n in names]},
+                'licenses': [], 'images': images, 'annotations': coco_anns,
+                'categories': [{'id': 1, 'name': 'object', 'supercategory': 'object'}]}, ann_file)
+    return {'img_dir': sa_dir, 'list_file': list_file, 'ann_file': ann_file, 'num_images': num_images,
+            'num_masks': len(coco_anns)}
+
+
+def generator_setting(setting: Union[str, Dict]) -> Dict:
+    """The render options of a named setting (``GENERATOR_SETTINGS``) or of a
+    dict overriding ``'default'``."""
+    if isinstance(setting, str):
+        if setting not in GENERATOR_SETTINGS:
+            raise ValueError(f'unknown generator setting {setting!r}; choose from {sorted(GENERATOR_SETTINGS)} '
+                             'or pass a dict of render options')
+        return dict(GENERATOR_SETTINGS[setting])
+    if not isinstance(setting, dict):
+        raise TypeError(f'setting must be a name or a dict, got {type(setting).__name__}')
+    unknown = set(setting) - set(GENERATOR_SETTINGS['default'])
+    if unknown:
+        raise ValueError(f'unknown generator options {sorted(unknown)}; known: {sorted(GENERATOR_SETTINGS["default"])}')
+    return {**GENERATOR_SETTINGS['default'], **setting}
 
 
 def generate_shapes_dataset(out_dir: str,
@@ -459,34 +598,46 @@ def generate_shapes_dataset(out_dir: str,
                             image_size: int = 256,
                             seed: int = 0,
                             classes: Optional[Sequence[Union[str, int]]] = None,
-                            min_objects: int = 1,
-                            max_objects: int = 5,
+                            min_objects: Optional[int] = None,
+                            max_objects: Optional[int] = None,
                             sa1b: bool = True,
                             num_sa1b: Optional[int] = None,
                             min_visible_area: int = 32,
                             max_occlusion: float = 0.5,
-                            colour_mode: str = 'class') -> Dict:
+                            colour_mode: str = 'class',
+                            setting: Union[str, Dict] = 'default',
+                            sa1b_extra_shapes: bool = True) -> Dict:
     """Write the synthetic shapes dataset (COCO train/val + SA-1B layout).
 
     Args:
         classes: class names or indices into ``SHAPE_CLASSES`` (default: all);
             the first synonym of each name selects its outline. Category ids
             are 1-based positions in this list.
+        min_objects, max_objects: objects per image (default: the setting's).
         sa1b: also write ``sa1b/`` (its own images, ``num_sa1b`` of them,
-            default ``num_train``).
+            default ``num_train``) and its class-agnostic COCO file.
         colour_mode: ``'class'`` or ``'random'`` (see :func:`render_scene`).
+        setting: appearance (sizes, counts, backgrounds, textures): a name in
+            ``GENERATOR_SETTINGS`` or a dict overriding ``'default'``.
+        sa1b_extra_shapes: the SA-1B split also draws ``EXTRA_SHAPES``,
+            outlines outside the class list.
 
     Returns:
         ``{'out_dir', 'classes', 'base_classes', 'novel_classes', 'train',
         'val', 'sa1b'}``; ``train``/``val`` hold ``img_dir``, ``ann_file``,
         ``num_images``, ``num_instances``; ``sa1b`` holds ``img_dir``,
-        ``list_file``, ``num_images``, ``num_masks`` (``None`` if not written).
-        ``base_classes``/``novel_classes`` are 0-based indices into ``classes``.
+        ``list_file``, ``ann_file``, ``num_images``, ``num_masks`` (``None``
+        if not written). ``base_classes``/``novel_classes`` are 0-based
+        indices into ``classes``.
     """
     names = _resolve_classes(classes)
-    render_kw = dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-                     min_visible_area=min_visible_area, max_occlusion=max_occlusion,
-                     colour_mode=colour_mode)
+    style = generator_setting(setting)
+    if min_objects is not None:
+        style['min_objects'] = min_objects
+    if max_objects is not None:
+        style['max_objects'] = max_objects
+    render_kw = dict(image_size=image_size, min_visible_area=min_visible_area, max_occlusion=max_occlusion,
+                     colour_mode=colour_mode, **style)
     out_dir = osp.abspath(out_dir)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     result = {
@@ -498,7 +649,9 @@ def generate_shapes_dataset(out_dir: str,
     }
     if sa1b:
         n = num_train if num_sa1b is None else num_sa1b
-        result['sa1b'] = _write_sa1b(out_dir, n, names, seed, render_kw)
+        sa_names = names + [s for s in EXTRA_SHAPES if s not in {_shape_key(x) for x in names}] \
+            if sa1b_extra_shapes else names
+        result['sa1b'] = _write_sa1b(out_dir, n, sa_names, seed, render_kw)
     novel_keys = {_shape_key(SHAPE_CLASSES[i]) for i in SHAPE_NOVEL_CLASSES}
     keys = [_shape_key(n) for n in names]
     result['novel_classes'] = tuple(i for i, k in enumerate(keys) if k in novel_keys)
