@@ -1,6 +1,8 @@
 # Toy stage -1: a tiny SAM (segment_anything modules) trained class-agnostically
-# on prompted masks of the generated shapes. Only needed because no pretrained
-# SAM exists here; its state dict has SAM's layout (image_encoder.*, ...).
+# on prompted masks of the SA-1B-style split: the shapes of every class and
+# outlines that no class names (datasets/shapes.py EXTRA_SHAPES), as SAM is
+# trained on SA-1B. Only needed because no pretrained SAM exists here; its
+# state dict has SAM's layout (image_encoder.*, ...).
 _base_ = ['./_base_/tiny_runtime.py', './_base_/shapes_instance_256.py']
 
 custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)
@@ -26,13 +28,20 @@ model = dict(
                    loss_weight=5.0),
     num_points=1024)
 
-max_iters = 250
+max_iters = 600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min_ratio=0.01),
 ]
 default_hooks = dict(checkpoint=dict(interval=max_iters))
+
+# One class-agnostic category; the masks of every generated shape.
+train_dataloader = dict(
+    dataset=dict(
+        metainfo=dict(classes=('object', )),
+        ann_file='annotations/instances_sa1b.json',
+        data_prefix=dict(img='sa1b/')))
 
 val_evaluator = [dict(type='PromptSegMetric')]
 test_evaluator = val_evaluator

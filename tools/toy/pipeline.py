@@ -14,6 +14,8 @@ import shutil
 import sys
 import time
 
+from ovsam.fileio import atomic_save_bytes, atomic_save_json, atomic_save_text
+
 # tools/toy/pipeline.py -> the folder with configs/ and tools/ (a checkout, or
 # the package's .mim copy of both)
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -23,6 +25,11 @@ CFG_DIR = osp.join(ROOT, 'configs', 'tiny')
 # printed at the end of tools/tiny_pipeline.py.
 TARGET_MIOU = 0.6
 TARGET_ACCURACY = 0.8
+
+
+def copy_atomic(src, dst):
+    with open(src, 'rb') as f:
+        atomic_save_bytes(dst, f.read())
 
 
 def log(msg):
@@ -41,7 +48,11 @@ def pipeline_arg_parser(description: str):
     p.add_argument('--colour-mode', choices=('class', 'random'), default='class',
                    help="generated data: 'class' gives each class its own hue band as well as its "
                    "outline; 'random' leaves only the outline (the tiny CLIP does not learn that)")
-    p.add_argument('--sam-iters', type=int, default=250)
+    p.add_argument('--setting', default='default',
+                   help="generator setting of the training and validation data (ovsam.datasets.shapes."
+                   "GENERATOR_SETTINGS); the trained model is also measured on held-out images of the "
+                   "'shifted' setting (other sizes, counts, textures and backgrounds)")
+    p.add_argument('--sam-iters', type=int, default=600)
     p.add_argument('--clip-steps', type=int, default=300)
     p.add_argument('--sam2clip-iters', type=int, default=200)
     p.add_argument('--clip2sam-iters', type=int, default=1400)
@@ -73,7 +84,7 @@ class Pipeline:
         cfg.merge_from_dict(updates)
         path = osp.join(self.wd, 'configs', out_name)
         os.makedirs(osp.dirname(path), exist_ok=True)
-        cfg.dump(path)
+        atomic_save_text(path, cfg.dump())
         return path
 
     def train(self, cfg_path, work_dir):
@@ -151,7 +162,7 @@ class Pipeline:
     def data_params(self):
         a = self.args
         return dict(num_train=a.num_train, num_val=a.num_val, num_sa1b=a.num_sa1b, seed=a.seed,
-                    colour_mode=a.colour_mode)
+                    colour_mode=a.colour_mode, setting=a.setting)
 
     def run_data(self):
         stamp = osp.join(self.data, 'generated_with.json')
@@ -165,8 +176,7 @@ class Pipeline:
         if osp.isdir(self.data):
             shutil.rmtree(self.data)
         info = generate_shapes_dataset(self.data, **params)
-        with open(stamp, 'w') as f:
-            json.dump(params, f)
+        atomic_save_json(stamp, params)
         log(f"  train {info['train']['num_images']} images / {info['train']['num_instances']} objects, "
             f"val {info['val']['num_images']} / {info['val']['num_instances']}, sa1b {info['sa1b']['num_images']}")
 
@@ -175,17 +185,18 @@ class Pipeline:
         return osp.join(self.wd, 'sam', 'sam_tiny.pth')
 
     def run_sam(self):
-        if self.done(self.sam_ckpt, osp.join(self.data, 'annotations', 'instances_train.json')):
+        if self.done(self.sam_ckpt, osp.join(self.data, 'annotations', 'instances_sa1b.json')):
             return log('  cached')
-        import torch
         it = self.args.sam_iters
-        cfg = self.config('sam_tiny_250it_shapes.py', 'sam_tiny_250it_shapes.py', **self.data_paths(), **self.schedule(it, 50))
+        name = 'sam_tiny_600it_shapes-sa1b.py'
+        cfg = self.config(name, name, **self.data_paths(), **self.schedule(it, 50))
         wd = osp.join(self.wd, 'sam')
         self.train(cfg, wd)
         # Export in SAM's release layout (a plain state dict).
         from ovsam.checkpoint import safe_load, unwrap_state_dict
+        from ovsam.fileio import atomic_save_torch
         sd = unwrap_state_dict(safe_load(osp.join(wd, f'iter_{it}.pth')))
-        torch.save(dict(sd), self.sam_ckpt)
+        atomic_save_torch(self.sam_ckpt, dict(sd))
 
     @property
     def clip_ckpt(self):
@@ -237,7 +248,7 @@ class Pipeline:
             }, **self.schedule(it, 30))
         wd = osp.join(self.wd, 'sam2clip')
         self.train(cfg, wd)
-        shutil.copy(osp.join(wd, f'iter_{it}.pth'), self.sam2clip_ckpt)
+        copy_atomic(osp.join(wd, f'iter_{it}.pth'), self.sam2clip_ckpt)
 
     @property
     def ovsam_ckpt(self):
@@ -245,16 +256,19 @@ class Pipeline:
 
     def clip2sam_cfg(self, out_name='clip2sam_tiny_1400it_shapes.py', **extra):
         it = self.args.clip2sam_iters
-        return self.config(
-            'clip2sam_tiny_1400it_shapes.py', out_name, **self.data_paths(), **{
-                'model.backbone.init_cfg.checkpoint': self.clip_ckpt,
-                'model.neck.init_cfg.checkpoint': self.sam2clip_ckpt,
-                'model.prompt_encoder.sam_checkpoint': self.sam_ckpt,
-                'model.mask_decoder.sam_checkpoint': self.sam_ckpt,
-                'model.mask_decoder.classifier.vocabulary': self.vocab,
-                'val_evaluator.1.ann_file': osp.join(self.data, 'annotations', 'instances_val.json'),
-                'test_evaluator.1.ann_file': osp.join(self.data, 'annotations', 'instances_val.json'),
-            }, **self.schedule(it, 50), **extra)
+        updates = {
+            **self.data_paths(),
+            'model.backbone.init_cfg.checkpoint': self.clip_ckpt,
+            'model.neck.init_cfg.checkpoint': self.sam2clip_ckpt,
+            'model.prompt_encoder.sam_checkpoint': self.sam_ckpt,
+            'model.mask_decoder.sam_checkpoint': self.sam_ckpt,
+            'model.mask_decoder.classifier.vocabulary': self.vocab,
+            'val_evaluator.1.ann_file': osp.join(self.data, 'annotations', 'instances_val.json'),
+            'test_evaluator.1.ann_file': osp.join(self.data, 'annotations', 'instances_val.json'),
+            **self.schedule(it, 50),
+        }
+        updates.update(extra)  # e.g. another test set
+        return self.config('clip2sam_tiny_1400it_shapes.py', out_name, **updates)
 
     def run_clip2sam(self):
         if self.done(self.ovsam_ckpt, self.sam2clip_ckpt, self.vocab):
@@ -262,25 +276,55 @@ class Pipeline:
         cfg = self.clip2sam_cfg()
         wd = osp.join(self.wd, 'clip2sam')
         self.train(cfg, wd)
-        shutil.copy(osp.join(wd, f'iter_{self.args.clip2sam_iters}.pth'), self.ovsam_ckpt)
+        copy_atomic(osp.join(wd, f'iter_{self.args.clip2sam_iters}.pth'), self.ovsam_ckpt)
 
-    def run_eval(self):
+    def evaluate(self, data_root, tag=''):
+        """Box- and point-prompt metrics of the trained model on the held-out
+        images (``val``) under ``data_root``."""
         import torch
         from mmengine.config import Config
         from mmengine.runner import Runner
         torch.set_num_threads(self.args.threads)
-        self.metrics = {}
+        metrics = {}
+        ann = osp.join(data_root, 'annotations', 'instances_val.json')
         for prompt in ('box', 'point'):
-            cfg = Config.fromfile(self.clip2sam_cfg(f'eval_{prompt}.py'))
+            cfg = Config.fromfile(self.clip2sam_cfg(f'eval{tag}_{prompt}.py', **{
+                'test_dataloader.dataset.data_root': data_root + '/', 'test_evaluator.1.ann_file': ann}))
             cfg.model.data_preprocessor.eval_prompt = prompt
-            cfg.work_dir = osp.join(self.wd, f'eval_{prompt}')
+            cfg.work_dir = osp.join(self.wd, f'eval{tag}_{prompt}')
             cfg.load_from = self.ovsam_ckpt
             cfg.default_hooks.logger.interval = 1000
             runner = Runner.from_cfg(cfg)
             m = runner.test()
-            self.metrics[prompt] = {k: round(float(v), 4) for k, v in m.items()
-                                    if isinstance(v, (int, float)) and ('prompt/' in k or k == 'coco/segm_mAP')}
-            log(f'  {prompt} prompts: ' + ', '.join(f'{k} {v}' for k, v in self.metrics[prompt].items()))
+            metrics[prompt] = {k: round(float(v), 4) for k, v in m.items()
+                               if isinstance(v, (int, float)) and ('prompt/' in k or k == 'coco/segm_mAP')}
+            log(f'  {prompt} prompts: ' + ', '.join(f'{k} {v}' for k, v in metrics[prompt].items()))
+        return metrics
+
+    def run_eval(self):
+        self.metrics = self.evaluate(self.data)
+
+    @property
+    def shifted_data(self):
+        return osp.join(self.wd, 'data_shifted')
+
+    def run_shifted(self):
+        """The same model on held-out images of the 'shifted' generator setting."""
+        from ovsam.datasets import generate_shapes_dataset
+        a = self.args
+        params = dict(num_train=0, num_val=a.num_val, seed=a.seed + 1000, colour_mode=a.colour_mode,
+                      setting='shifted', sa1b=False)
+        stamp = osp.join(self.shifted_data, 'generated_with.json')
+        cached = False
+        if osp.exists(stamp):
+            with open(stamp) as f:
+                cached = json.load(f) == params
+        if not cached or a.force:
+            if osp.isdir(self.shifted_data):
+                shutil.rmtree(self.shifted_data)
+            generate_shapes_dataset(self.shifted_data, **params)
+            atomic_save_json(stamp, params)
+        self.metrics_shifted = self.evaluate(self.shifted_data, '_shifted')
 
     def show(self, cfg_path, checkpoint, indices, out_name):
         """Draw predictions with labels for some held-out images (mmdet's visualizer)."""
@@ -308,7 +352,10 @@ class Pipeline:
             vis.add_datasample('pred', img, sample, draw_gt=False, pred_score_thr=0.0, show=False)
             panels.append(vis.get_image())
         out = osp.join(self.wd, out_name)
-        cv2.imwrite(out, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
+        ok, buf = cv2.imencode('.png', cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise IOError(f'could not encode {out}')
+        atomic_save_bytes(out, buf.tobytes())
         log(f'  wrote {out}')
         return out
 
@@ -318,13 +365,12 @@ class Pipeline:
 
     def run(self):
         t0 = time.time()
-        for name in ('data', 'sam', 'clip', 'vocab', 'sam2clip', 'clip2sam', 'eval', 'show'):
+        for name in ('data', 'sam', 'clip', 'vocab', 'sam2clip', 'clip2sam', 'eval', 'shifted', 'show'):
             self.stage(name, getattr(self, f'run_{name}'))
         total = round(time.time() - t0, 1)
-        summary = dict(metrics=self.metrics, seconds=self.times, total_seconds=total, png=self.png,
-                       checkpoint=self.ovsam_ckpt)
-        with open(osp.join(self.wd, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
+        summary = dict(metrics=self.metrics, metrics_shifted=self.metrics_shifted, seconds=self.times,
+                       total_seconds=total, png=self.png, checkpoint=self.ovsam_ckpt)
+        atomic_save_json(osp.join(self.wd, 'summary.json'), summary, indent=1)
         log(f'finished in {total:.0f} s; summary: {osp.join(self.wd, "summary.json")}')
         for prompt, m in self.metrics.items():
             miou, acc = m.get('prompt/miou', float('nan')), m.get('prompt/accuracy', float('nan'))
@@ -332,6 +378,12 @@ class Pipeline:
             log(f"  {prompt:5s} prompts: mIoU {miou:.3f}  accuracy {acc:.3f}  "
                 f"mask AP {m.get('coco/segm_mAP', float('nan')):.3f}  "
                 f"(target mIoU >= {TARGET_MIOU}, accuracy >= {TARGET_ACCURACY}: {'met' if met else 'NOT met'})")
+        for prompt, m in self.metrics_shifted.items():
+            base = self.metrics[prompt]
+            d_miou = m.get('prompt/miou', float('nan')) - base.get('prompt/miou', float('nan'))
+            d_acc = m.get('prompt/accuracy', float('nan')) - base.get('prompt/accuracy', float('nan'))
+            log(f"  {prompt:5s} prompts, 'shifted' generator setting: mIoU {m.get('prompt/miou', float('nan')):.3f} "
+                f"({d_miou:+.3f})  accuracy {m.get('prompt/accuracy', float('nan')):.3f} ({d_acc:+.3f})")
 
 # Toy versions of the tiny SAM and tiny CLIP in the baselines' config form.
 TINY_SAM_PARTS = dict(
@@ -374,7 +426,7 @@ class ToyReproduction(Pipeline):
         cfg = self.clip2sam_base_cfg()
         wd = osp.join(self.wd, 'clip2sam_base')
         self.train(cfg, wd)
-        shutil.copy(osp.join(wd, f'iter_{self.args.clip2sam_iters}.pth'), self.base_ckpt)
+        copy_atomic(osp.join(wd, f'iter_{self.args.clip2sam_iters}.pth'), self.base_ckpt)
 
     def method_cfg(self, method, prompt):
         from mmengine.config import Config
@@ -448,10 +500,8 @@ class ToyReproduction(Pipeline):
                     f'{row.get(c[0], float("nan")):.3f}' if isinstance(row.get(c[0]), float) else str(row.get(c[0]))
                     for c in cols) + ' |')
         table = '\n'.join(lines) + '\n'
-        with open(osp.join(self.wd, 'toy_table.md'), 'w') as f:
-            f.write(table)
-        with open(osp.join(self.wd, 'toy_table.json'), 'w') as f:
-            json.dump(self.compare, f, indent=1)
+        atomic_save_text(osp.join(self.wd, 'toy_table.md'), table)
+        atomic_save_json(osp.join(self.wd, 'toy_table.json'), self.compare, indent=1)
         print(table)
 
     def run_show_novel(self):
