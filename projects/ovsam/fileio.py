@@ -197,23 +197,12 @@ def atomic_write(path, mode: str = 'wb', encoding: Optional[str] = None, newline
     """
     if mode not in _WRITE_MODES:
         raise ValueError(f'atomic_write: mode must be one of {_WRITE_MODES} (a whole new file), got {mode!r}')
-    path, folder = _prepare(path)
     binary = 'b' in mode
     if not binary and encoding is None:
         encoding = 'utf-8'
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as f:
+    with atomic_path(path) as tmp:  # fsync, rename, clean-up on failure
+        with open(tmp, mode, encoding=None if binary else encoding, newline=None if binary else newline) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode_of(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    fsync_dir(folder)
 
 
 def atomic_save_bytes(path, data: bytes) -> str:
