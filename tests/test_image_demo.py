@@ -59,3 +59,58 @@ def test_image_demo_errors(tool, image_file, tmp_path):
     from ovsam.apis import PromptError
     with pytest.raises(PromptError, match='outside'):
         tool.main([image_file, '--boxes', '1,2,300,40', '--out', out])
+
+
+@pytest.mark.parametrize('prompt', [
+    ['--boxes', '10,20,120,140', '60,60,200,170'],
+    ['--points', '50,60;70,80,0', '100,100;10,10'],
+    ['--everything', '--points-per-side', '4', '--stability-thresh', '0'],
+])
+def test_image_demo_json_masks_are_the_predictors_as_coco_rle(tool, image_file, tmp_path, prompt):
+    """The JSON's ``segmentation`` is COCO compressed RLE that pycocotools
+    decodes to exactly the masks the predictor returns for the same prompts."""
+    import mmcv
+    from pycocotools import mask as mask_utils
+
+    from ovsam.apis import OVSAMAutomaticMaskGenerator, OVSAMPredictor
+    out, js = str(tmp_path / 'out.png'), str(tmp_path / 'out.json')
+    vocab = ['cat', 'dog,puppy']
+    assert tool.main([image_file, *prompt, '--vocabulary', *vocab, '--out', out, '--json', js]) == 0
+    with open(js) as f:
+        records = json.load(f)
+
+    image = mmcv.imread(image_file, channel_order='rgb')
+    h, w = image.shape[:2]
+    pred = OVSAMPredictor.from_tiny(vocabulary=vocab)
+    pred.set_image(image)
+    if prompt[0] == '--boxes':
+        res = pred.predict(box=np.array([tool.parse_box(b) for b in prompt[1:]], np.float32), top_k=3)
+        expected, names = np.asarray(res.masks).astype(bool), list(res.class_names)
+    elif prompt[0] == '--points':
+        parsed = [tool.parse_points(p) for p in prompt[1:]]
+        res = pred.predict(point_coords=np.array([p[0] for p in parsed], np.float32),
+                           point_labels=np.array([p[1] for p in parsed], np.int64), top_k=3)
+        expected, names = np.asarray(res.masks).astype(bool), list(res.class_names)
+    else:
+        anns = OVSAMAutomaticMaskGenerator(pred, points_per_side=4, stability_score_thresh=0,
+                                           class_score_thresh=0, top_k=3).generate()
+        expected = np.stack([a['segmentation'] for a in anns]).astype(bool)
+        names = [a['class_name'] for a in anns]
+
+    assert len(records) == len(expected) > 0
+    assert expected.shape[1:] == (h, w) and expected.any()
+    for r, mask in zip(records, expected):
+        rle = r['segmentation']
+        assert set(rle) == {'size', 'counts'} and rle['size'] == [h, w] and isinstance(rle['counts'], str)
+        decoded = mask_utils.decode(dict(size=rle['size'], counts=rle['counts'].encode('ascii'))).astype(bool)
+        assert decoded.shape == (h, w)
+        np.testing.assert_array_equal(decoded, mask)
+        assert r['area'] == int(decoded.sum())
+    assert [r['class_name'] for r in records] == names
+
+
+def test_image_demo_help_documents_the_rle(tool, capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--help'])
+    text = capsys.readouterr().out
+    assert 'segmentation' in text and 'RLE' in text and '"counts"' in text

@@ -24,6 +24,13 @@ separate synonyms: ``"cup,mug"``), or one spec of
 Coordinates are pixels of the input image. Each ``--boxes`` item and each
 ``--points`` item is one prompt; join several points of one prompt with ``;``
 (``--points "10,20;30,40"``) and mark background points with a trailing ``,0``.
+
+``--json`` writes a list with one record per prediction: ``class_name``,
+``label``, ``score``, top-k names and probabilities, ``area`` (pixels) and the
+box (``box`` x1,y1,x2,y2 for prompts; ``bbox`` x,y,w,h and the automatic
+generator's keys for ``--everything``), and the mask as ``segmentation``: COCO
+compressed RLE ``{"size": [h, w], "counts": "..."}`` at the input image's size
+(decode with ``pycocotools.mask.decode(dict(rle, counts=rle["counts"].encode()))``).
 """
 import argparse
 import json
@@ -62,6 +69,14 @@ def parse_points(text: str):
     return pts, labels
 
 
+def mask_to_coco_rle(mask) -> dict:
+    """One H x W mask as COCO compressed RLE, JSON-ready: ``{'size': [h, w], 'counts': str}``."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {'size': [int(v) for v in rle['size']], 'counts': rle['counts'].decode('ascii')}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('image', help='input image file')
@@ -84,7 +99,9 @@ def parse_args(argv=None):
     p.add_argument('--top-k', type=int, default=3)
     p.add_argument('--device', default='cpu')
     p.add_argument('--out', required=True, help='output image (.png/.jpg)')
-    p.add_argument('--json', help='also write the predictions as JSON')
+    p.add_argument('--json', help='also write the predictions as JSON, one record per mask with its class, '
+                                  'scores, box and the mask as COCO compressed RLE in "segmentation" '
+                                  '({"size": [h, w], "counts": str})')
     return p.parse_args(argv)
 
 
@@ -141,7 +158,8 @@ def main(argv=None):
         else:
             drawn = draw_predictions(image)
         for a in anns:
-            records.append({k: v for k, v in a.items() if k != 'segmentation'})
+            records.append({**{k: v for k, v in a.items() if k != 'segmentation'},
+                            'segmentation': mask_to_coco_rle(a['segmentation'])})
     else:
         if args.boxes:
             out = pred.predict(box=np.array(args.boxes, np.float32), top_k=args.top_k)
@@ -160,7 +178,8 @@ def main(argv=None):
             records.append(dict(box=out.boxes[i].tolist(), area=int(out.masks[i].sum()),
                                 class_name=out.class_names[i], label=int(out.labels[i]),
                                 score=float(out.scores[i]), stability_score=float(out.mask_scores[i]),
-                                topk=[[n, float(s)] for n, s in zip(out.topk_names[i], out.topk_scores[i])]))
+                                topk=[[n, float(s)] for n, s in zip(out.topk_names[i], out.topk_scores[i])],
+                                segmentation=mask_to_coco_rle(out.masks[i])))
     from ovsam.fileio import atomic_path, atomic_write
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with atomic_path(args.out) as tmp:
