@@ -68,8 +68,9 @@ def test_user_config_with_absolute_base_loads(tmp_path):
     from mmengine.config import Config
     base = cp.ovsam_config_path('clip2sam_rn50x16_12e_coco-ov.py')
     user = tmp_path / 'my_ovsam.py'
-    atomic_save_text(str(user), f"_base_ = [{base!r}]\ncustom_imports = dict(imports=['ovsam'], allow_failed_imports=False)\n"
-                    "train_cfg = dict(max_epochs=1)\n")
+    atomic_save_text(str(user), f"_base_ = [{base!r}]\n"
+                     "custom_imports = dict(imports=['ovsam'], allow_failed_imports=False)\n"
+                     "train_cfg = dict(max_epochs=1)\n")
     cfg = Config.fromfile(str(user))
     assert cfg.model.type == 'OVSAM'
     assert cfg.train_cfg.max_epochs == 1 and cfg.custom_imports.imports == ['ovsam']
