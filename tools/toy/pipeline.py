@@ -164,19 +164,26 @@ class Pipeline:
         return dict(num_train=a.num_train, num_val=a.num_val, num_sa1b=a.num_sa1b, seed=a.seed,
                     colour_mode=a.colour_mode, setting=a.setting)
 
-    def run_data(self):
-        stamp = osp.join(self.data, 'generated_with.json')
-        params = self.data_params()
-        # Cached data is reused only if it was generated with the same options.
-        if self.done(osp.join(self.data, 'annotations', 'instances_val.json')) and osp.exists(stamp):
+    def generate(self, out_dir, params):
+        """Generated data under ``out_dir``, reused only if it was made with the
+        same options (``generated_with.json``); returns the generator's info,
+        or None when cached."""
+        stamp = osp.join(out_dir, 'generated_with.json')
+        if self.done(osp.join(out_dir, 'annotations', 'instances_val.json')) and osp.exists(stamp):
             with open(stamp) as f:
                 if json.load(f) == params:
-                    return log('  cached')
+                    return None
         from ovsam.datasets import generate_shapes_dataset
-        if osp.isdir(self.data):
-            shutil.rmtree(self.data)
-        info = generate_shapes_dataset(self.data, **params)
+        if osp.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        info = generate_shapes_dataset(out_dir, **params)
         atomic_save_json(stamp, params)
+        return info
+
+    def run_data(self):
+        info = self.generate(self.data, self.data_params())
+        if info is None:
+            return log('  cached')
         log(f"  train {info['train']['num_images']} images / {info['train']['num_instances']} objects, "
             f"val {info['val']['num_images']} / {info['val']['num_instances']}, sa1b {info['sa1b']['num_images']}")
 
@@ -310,20 +317,9 @@ class Pipeline:
 
     def run_shifted(self):
         """The same model on held-out images of the 'shifted' generator setting."""
-        from ovsam.datasets import generate_shapes_dataset
         a = self.args
-        params = dict(num_train=0, num_val=a.num_val, seed=a.seed + 1000, colour_mode=a.colour_mode,
-                      setting='shifted', sa1b=False)
-        stamp = osp.join(self.shifted_data, 'generated_with.json')
-        cached = False
-        if osp.exists(stamp):
-            with open(stamp) as f:
-                cached = json.load(f) == params
-        if not cached or a.force:
-            if osp.isdir(self.shifted_data):
-                shutil.rmtree(self.shifted_data)
-            generate_shapes_dataset(self.shifted_data, **params)
-            atomic_save_json(stamp, params)
+        self.generate(self.shifted_data, dict(num_train=0, num_val=a.num_val, seed=a.seed + 1000,
+                                              colour_mode=a.colour_mode, setting='shifted', sa1b=False))
         self.metrics_shifted = self.evaluate(self.shifted_data, '_shifted')
 
     def show(self, cfg_path, checkpoint, indices, out_name):
