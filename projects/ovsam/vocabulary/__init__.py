@@ -7,16 +7,18 @@
   dict files and the official release's bare tensors).
 - :mod:`.encoder`: the recipe (ViLD templates, synonym averaging) and the
   cached :class:`TextEncoder`.
+- :mod:`.joint`: the joint vocabulary of several sources (co-training).
 """
 from .encoder import (NO_TEXT_WEIGHTS, VILD_TEMPLATES, TextEncoder, build_text_model, embed_synonyms,
                       encode_class_names, pad_synonyms)
 from .files import load_text_embeddings, save_text_embeddings
+from .joint import JointVocabulary, SourceClasses, source_classes
 from .names import (BUILTIN_VOCABULARIES, MAKE_COMMAND, Vocabulary, builtin_class_names, check_class_names,
                     class_key, is_builtin, match_class, parse_class_lines, read_class_file, resolve_vocabulary,
                     short_name, split_synonyms, vocabulary_hash)
 
 __all__ = [
-    'BUILTIN_VOCABULARIES', 'MAKE_COMMAND', 'NO_TEXT_WEIGHTS', 'TextEncoder', 'VILD_TEMPLATES', 'Vocabulary',
+    'BUILTIN_VOCABULARIES', 'JointVocabulary', 'MAKE_COMMAND', 'SourceClasses', 'source_classes', 'NO_TEXT_WEIGHTS', 'TextEncoder', 'VILD_TEMPLATES', 'Vocabulary',
     'build_text_model', 'builtin_class_names', 'check_class_names', 'class_key', 'embed_synonyms',
     'encode_class_names', 'is_builtin', 'load_text_embeddings', 'match_class', 'pad_synonyms',
     'parse_class_lines', 'read_class_file', 'resolve_vocabulary', 'save_text_embeddings', 'short_name',
