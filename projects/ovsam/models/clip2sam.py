@@ -212,14 +212,20 @@ class CLIP2SAMHead(FrozenMixin, BaseModule):
         return self._loss_cls
 
     def loss(self, mask_logits: Tensor, cls_logits: Tensor, gt_labels: Tensor,
-             gt_masks: Optional[Tensor]) -> Dict[str, Tensor]:
-        """Classification and point-sampled mask losses.
+             gt_masks: Optional[Tensor], has_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Classification and point-sampled mask losses, supervised per instance.
 
         Args:
             mask_logits: (N, 1, h, w); cls_logits: (N, K + 1).
             gt_labels: (N,) class index, ``K`` for background, ``-1`` when the
                 class is unknown (no classification loss for that prompt).
-            gt_masks: (N, H, W) binary masks, or None for box-only data.
+            gt_masks: binary masks in the padded input frame: (M, H, W) for
+                the M instances marked in ``has_mask``, or (N, H, W) for all
+                when ``has_mask`` is None; None when no instance has one.
+            has_mask: (N,) bool, the instances with a mask (co-training:
+                detection and image-level instances have none). The mask
+                losses are averaged over these instances only (across ranks);
+                the classification loss covers all N.
         """
         losses = {}
         loss_cls = self._build_loss_cls()
@@ -233,11 +239,25 @@ class CLIP2SAMHead(FrozenMixin, BaseModule):
             # processes train exactly like one with the same total batch
             avg = reduce_mean((weight[labels] * known).sum()).clamp(min=1e-6)
             losses['loss_cls'] = loss_cls(cls_logits, labels, known.float(), avg_factor=avg)
-        if gt_masks is None or self.loss_mask is None:
+        n = mask_logits.shape[0]
+        if has_mask is None:
+            has_mask = torch.full((n, ), gt_masks is not None, dtype=torch.bool, device=mask_logits.device)
+        has_mask = has_mask.to(device=mask_logits.device, dtype=torch.bool)
+        num_masks = int(has_mask.sum())
+        if num_masks and (gt_masks is None or gt_masks.shape[0] != num_masks):
+            raise ValueError(f'{num_masks} instances are marked as having a mask but gt_masks holds '
+                             f'{None if gt_masks is None else gt_masks.shape[0]}; give one mask per marked instance')
+        if self.loss_mask is None or num_masks == 0:
+            if self.loss_mask is not None:
+                # the ranks that do have masks average over all ranks' masks
+                # (one all-reduce in point_sampled_mask_losses): take part in it
+                from mmdet.utils import reduce_mean
+                reduce_mean(mask_logits.new_tensor([0.]))
             zero = mask_logits.sum() * 0
             losses.update(loss_mask=zero, loss_dice=zero)
             return losses
-        losses.update(point_sampled_mask_losses(mask_logits, gt_masks, self.loss_mask, self.loss_dice,
+        masked = mask_logits if num_masks == n else mask_logits[has_mask]
+        losses.update(point_sampled_mask_losses(masked, gt_masks, self.loss_mask, self.loss_dice,
                                                 self.num_points, self.oversample_ratio,
                                                 self.importance_sample_ratio))
         return losses

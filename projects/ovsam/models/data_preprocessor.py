@@ -3,6 +3,8 @@
 Training (CLIP2SAM): each image's ground-truth instances are repeated (in a
 random order) or cut to ``num_prompts``; a ``point_ratio`` share of them are
 prompted with one random point inside the mask, the rest with the box.
+Only instances with a mask get points (``prompts.instance_has_mask``): in
+co-training, detection and image-level instances are always prompted by box.
 Evaluation: prompts are the ground-truth boxes (``eval_prompt='box'``) or one
 point per instance, the mask pixel farthest from the border
 (``eval_prompt='point'``, OpenCV's distance transform).
@@ -16,6 +18,7 @@ from mmdet.models.data_preprocessors import DetDataPreprocessor
 from torch import Tensor
 
 from ..registry import MODELS
+from .prompts import choose_point_prompts, instance_has_mask
 
 
 def center_point(mask: np.ndarray) -> np.ndarray:
@@ -85,6 +88,15 @@ class OVSAMDataPreprocessor(DetDataPreprocessor):
                 sample.gt_instances = self.make_eval_prompts(sample.gt_instances)
         return data
 
+    def pad_gt_masks(self, batch_data_samples) -> None:
+        """Pad the masks of every sample that has them (mmdet looks at the
+        first sample only; a co-training batch mixes samples with and
+        without masks)."""
+        for sample in batch_data_samples:
+            if 'masks' in sample.gt_instances:
+                sample.gt_instances.masks = sample.gt_instances.masks.pad(sample.batch_input_shape,
+                                                                          pad_val=self.mask_pad_value)
+
     def sample_train_prompts(self, gt):
         n = len(gt)
         if n == 0:
@@ -93,14 +105,17 @@ class OVSAMDataPreprocessor(DetDataPreprocessor):
         k = self.num_prompts or n
         order = torch.cat([torch.randperm(n, device=device) for _ in range(-(-k // n))])[:k]
         gt = gt[order]
-        is_point = torch.randperm(k, device=device) < round(k * self.point_ratio)
+        # points only where a mask exists (co-training: box-only and
+        # image-level instances keep their box), see models/prompts.py
+        has_mask = instance_has_mask(gt)
+        is_point = choose_point_prompts(k, self.point_ratio, has_mask)
         boxes = gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes
         if 'masks' in gt:
             pts = random_points_in_masks(_mask_tensor(gt.masks, device), boxes)
             gt.masks = _mask_tensor(gt.masks, device)
         else:
-            is_point[:] = False  # box-only data: no reliable point inside the object
             pts = (boxes[:, :2] + boxes[:, 2:]) / 2
+        gt.has_mask = has_mask
         gt.bboxes = boxes
         gt.point_coords = pts[:, None]
         gt.prompt_is_point = is_point

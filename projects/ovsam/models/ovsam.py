@@ -28,7 +28,7 @@ from torch import Tensor
 from ..registry import MODELS, build_data_preprocessor
 from .common import postprocess_masks
 from .ov_ensemble import open_vocab_ensemble
-from .prompts import box_tensor, check_prompts, embed_prompts
+from .prompts import box_tensor, check_prompts, embed_prompts, instance_has_mask
 
 
 class ImageFeatures(NamedTuple):
@@ -299,10 +299,21 @@ class OVSAM(BaseDetector):
     # ---------------------------------------------------------------- training
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """CLIP2SAM training: gt prompts (already sampled by the data
-        preprocessor), recognition on ground-truth boxes."""
+        preprocessor), recognition on ground-truth boxes.
+
+        Supervision is per instance (co-training, ``docs/large_vocabulary.md``):
+        the classification loss on every instance; mask BCE and Dice only on
+        instances with a mask (:func:`~ovsam.models.prompts.instance_has_mask`),
+        so a batch mixing segmentation, detection and image-level samples keeps
+        the mask losses of those that have masks. Labels index the classifier's
+        vocabulary; in co-training that is the joint vocabulary of all sources,
+        and every instance is scored against all of it (as the released
+        large-vocabulary recipe does): a box of one source is a negative for
+        the other sources' classes too, which is what separates them at test
+        time, when every class is a candidate.
+        """
         feats = self.extract_feat(batch_inputs)
-        sparse_all, dense_all, idx_all, boxes_all, labels_all, masks_all = [], [], [], [], [], []
-        has_masks = all('masks' in s.gt_instances for s in batch_data_samples)
+        sparse_all, dense_all, idx_all, boxes_all, labels_all, masks_all, has_all = [], [], [], [], [], [], []
         for i, sample in enumerate(batch_data_samples):
             gt = sample.gt_instances
             if len(gt) == 0:
@@ -313,22 +324,28 @@ class OVSAM(BaseDetector):
             idx_all.append(torch.full((len(gt), ), i, dtype=torch.long, device=sparse.device))
             boxes_all.append(box_tensor(gt).float())
             labels_all.append(gt.labels)
-            if has_masks:
+            has = instance_has_mask(gt).to(sparse.device)
+            has_all.append(has)
+            if has.any():
                 m = gt.masks
                 m = m.to_tensor(torch.float32, sparse.device) if hasattr(m, 'to_tensor') else m.float()
-                masks_all.append(m)
+                masks_all.append(m.to(sparse.device)[has])
         head = self.mask_decoder
         if not sparse_all:
             # No instance in the batch: a zero loss that still touches every
             # trainable parameter keeps DDP in step.
             zero = sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
+            from mmdet.utils import reduce_mean
+            for used in (head.loss_cls_cfg, head.loss_mask):  # the other ranks' all-reduces
+                if used is not None:
+                    reduce_mean(batch_inputs.new_zeros(1))
             return dict(loss_cls=zero, loss_mask=zero, loss_dice=zero)
         batch_idx = torch.cat(idx_all)
         mask_logits, cls_logits, _ = head(feats.image_embed, self.pe.get_dense_pe(), torch.cat(sparse_all),
                                           torch.cat(dense_all), feats.fpn_feats, batch_idx=batch_idx,
                                           boxes=torch.cat(boxes_all))
-        gt_masks = torch.cat(masks_all) if has_masks else None
-        return head.loss(mask_logits, cls_logits, torch.cat(labels_all), gt_masks)
+        gt_masks = torch.cat(masks_all) if masks_all else None
+        return head.loss(mask_logits, cls_logits, torch.cat(labels_all), gt_masks, has_mask=torch.cat(has_all))
 
     def _forward(self, batch_inputs: Tensor, batch_data_samples: SampleList = None):
         feats = self.extract_feat(batch_inputs)

@@ -111,3 +111,45 @@ def embed_prompts(pe, instances: InstanceData, mode: str = 'auto') -> Tuple[Tens
     else:
         raise PromptError(f'unknown prompt mode {mode!r}')
     return sparse, dense, is_point
+
+
+# ---------------------------------------------------------------- training prompts
+def instance_has_mask(instances: InstanceData) -> Tensor:
+    """(N,) bool: which instances carry mask supervision.
+
+    Co-training mixes segmentation data (masks), detection data (boxes only)
+    and image-level labels (one whole-image box): ``instances.has_mask`` when
+    the data gives it; otherwise an instance has a mask when ``masks`` are
+    present and its mask is not empty (an empty mask is no supervision: it
+    would teach the decoder to predict nothing inside a box that holds an
+    object); without ``masks`` none has one.
+    """
+    n = len(instances)
+    device = instances.labels.device if 'labels' in instances else None
+    if 'has_mask' in instances:
+        flags = torch.as_tensor(instances.has_mask, dtype=torch.bool, device=device)
+        if flags.shape != (n, ):
+            raise PromptError(f'has_mask must have shape (N,) = ({n},), got {tuple(flags.shape)}')
+        return flags
+    if 'masks' not in instances:
+        return torch.zeros(n, dtype=torch.bool, device=device)
+    m = instances.masks
+    if hasattr(m, 'masks'):  # mmdet BitmapMasks
+        import numpy as np
+        return torch.from_numpy(np.asarray(m.masks).reshape(n, -1).any(1)).to(device)
+    if hasattr(m, 'to_ndarray'):  # PolygonMasks
+        import numpy as np
+        return torch.from_numpy(m.to_ndarray().reshape(n, -1).any(1)).to(device)
+    return m.reshape(n, -1).bool().any(1)
+
+
+def choose_point_prompts(num: int, point_ratio: float, has_mask: Tensor) -> Tensor:
+    """(num,) bool: which training prompts are given as one point.
+
+    A ``point_ratio`` share of the prompts is drawn (one ``randperm``), then
+    restricted to instances with a mask: a point is only a reliable prompt
+    where the mask says where the object is; box-only and image-level
+    instances are always prompted with their box.
+    """
+    is_point = torch.randperm(num, device=has_mask.device) < round(num * point_ratio)
+    return is_point & has_mask
