@@ -5,6 +5,12 @@ This project's files (``tools/gen_text_embeddings.py``) are a dict with
 and strings, so they load with ``torch.load(weights_only=True)``. The official
 release's files (``RN50x16_LVISV1Dataset.pth``, ...) are a bare (K, P, D)
 tensor without class names: the caller names the classes, in the file's order.
+
+Large vocabularies (tens of thousands of classes, some with dozens of
+synonyms) are written without padding: ``synonym_embeddings`` (R, D) (float32,
+or float16 with ``dtype=torch.float16``), ``synonym_class`` (R,) and
+``class_names`` (:class:`~ovsam.vocabulary.table.SynonymTable`); the loader
+reads all three layouts and gives back the one asked for (``layout``).
 """
 import os
 import os.path as osp
@@ -14,15 +20,23 @@ import torch
 from torch import Tensor
 
 from .names import MAKE_COMMAND, builtin_class_names, check_class_names, resolve_vocabulary
+from .table import SynonymTable
 
 ClassNames = Union[str, Sequence[str]]
 
 
-def save_text_embeddings(path: str, embeddings: Tensor, class_names: Sequence[str],
-                         meta: Optional[Dict] = None) -> None:
-    """Atomically write a vocabulary file (:func:`ovsam.fileio.atomic_save_torch`)."""
+def save_text_embeddings(path: str, embeddings: Union[Tensor, SynonymTable], class_names: Sequence[str],
+                         meta: Optional[Dict] = None, dtype: Optional[torch.dtype] = None) -> None:
+    """Atomically write a vocabulary file (:func:`ovsam.fileio.atomic_save_torch`).
+
+    A (K, P, D) tensor is written padded (the released layout, with names); a
+    :class:`SynonymTable` without padding, its rows in ``dtype`` (float32 by
+    default; float16 halves the file, cosines then move by ~1e-3).
+    """
     from ..fileio import atomic_save_torch
     names = check_class_names(class_names)
+    if isinstance(embeddings, SynonymTable):
+        return _save_table(path, embeddings, names, meta, dtype)
     if not isinstance(embeddings, Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != len(names):
         shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
         raise ValueError(f'cannot write {path!r}: embeddings of shape {shape} do not fit {len(names)} class '
@@ -37,6 +51,26 @@ def save_text_embeddings(path: str, embeddings: Tensor, class_names: Sequence[st
         raise ValueError(f'cannot write {path!r}: the embeddings of classes {bad} hold NaN or Inf (a broken text '
                          'tower or checkpoint); nothing was written')
     payload = dict(embeddings=embeddings.float().cpu().contiguous(),
+                   class_names=list(names),
+                   meta={str(k): str(v) for k, v in (meta or {}).items()})
+    atomic_save_torch(path, payload)
+
+
+def _save_table(path: str, table: SynonymTable, names: List[str], meta: Optional[Dict],
+                dtype: Optional[torch.dtype]) -> None:
+    from ..fileio import atomic_save_torch
+    if table.num_classes != len(names):
+        raise ValueError(f'cannot write {path!r}: the table holds {table.num_classes} classes but '
+                         f'{len(names)} class names were given')
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f'cannot write {path!r}: dtype {dtype} is not float32, float16 or bfloat16')
+    emb = table.embeddings.detach().float().cpu()
+    if not bool(torch.isfinite(emb).all()):
+        raise ValueError(f'cannot write {path!r}: the synonym embeddings hold NaN or Inf; nothing was written')
+    idx_dtype = torch.int32 if table.num_classes < 2**31 else torch.int64
+    payload = dict(synonym_embeddings=emb.to(dtype).contiguous(),
+                   synonym_class=table.class_index.cpu().to(idx_dtype).contiguous(),
                    class_names=list(names),
                    meta={str(k): str(v) for k, v in (meta or {}).items()})
     atomic_save_torch(path, payload)
@@ -82,19 +116,30 @@ def _bare_hint(count: int) -> str:
     return ''
 
 
+LAYOUTS = ('padded', 'table', 'auto')
+
+
 def load_text_embeddings(path: str,
                          class_names: Optional[ClassNames] = None,
-                         num_classes: Optional[int] = None) -> Tuple[Tensor, List[str]]:
-    """Read a text-embedding file; return ``(embeddings (K, P, D), class_names)``.
+                         num_classes: Optional[int] = None,
+                         layout: str = 'padded') -> Tuple[Union[Tensor, SynonymTable], List[str]]:
+    """Read a text-embedding file; return ``(embeddings, class_names)``.
 
     Args:
-        path: this project's dict file, or an official bare (K, P, D) tensor.
+        path: this project's dict file (padded or a synonym table), or an
+            official bare (K, P, D) tensor.
         class_names: a list of names or a spec (``'coco'``, ``'lvis'``, a
             ``.txt`` file, ...; see :func:`resolve_vocabulary`). Required for a
             bare tensor, where it names the rows in order; for a dict file it is
             checked against the stored names, position by position.
         num_classes: expected number of classes, checked.
+        layout: ``'padded'``: a (K, P, D) tensor whatever the file holds (a
+            synonym table is padded: mind the memory at tens of thousands of
+            classes); ``'table'``: a :class:`SynonymTable` (padding dropped);
+            ``'auto'``: the file's own layout.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f'a text-embedding file path is a string, got {type(path).__name__} {path!r}'[:200])
     path = os.fspath(path)
@@ -136,6 +181,10 @@ def load_text_embeddings(path: str,
                              f'{given} has {len(names)}: give the names the file was made for, in its '
                              f'order{_bare_hint(k)}')
         names = check_class_names(names)
+    elif isinstance(data, dict) and 'synonym_embeddings' in data:
+        emb, names = _read_table(path, data)
+        if class_names is not None:
+            _check_names(path, class_names, names)
     else:
         if not isinstance(data, dict) or 'embeddings' not in data or 'class_names' not in data:
             raise ValueError(f'{path!r} is not a text-embedding file (expected a dict with keys embeddings, '
@@ -156,20 +205,55 @@ def load_text_embeddings(path: str,
             shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
             raise ValueError(f'{path!r}: embeddings of shape {shape} do not match {len(names)} class names')
         if class_names is not None:
-            expected, given = _names_given(class_names)
-            if expected != names:
-                diff = [(i, a, b) for i, (a, b) in enumerate(zip(expected, names)) if a != b][:3]
-                same_set = sorted(expected) == sorted(names)
-                raise ValueError(
-                    f'{path!r} was made for other class names'
-                    f'{" (the same classes in another order)" if same_set else ""}: first differences '
-                    f'(index, expected, file): {diff}; {len(expected)} vs {len(names)} classes ({given}). '
-                    f'Re-create it with:\n  {MAKE_COMMAND}')
-    if not torch.isfinite(emb).all():
+            _check_names(path, class_names, names)
+    if isinstance(emb, Tensor) and not torch.isfinite(emb).all():
         bad = sorted({int(i) for i in (~torch.isfinite(emb)).flatten(1).any(1).nonzero().flatten()})
         raise ValueError(f'{path!r}: the embeddings of classes {bad[:10]} ({[names[i] for i in bad[:3]]}...) hold '
                          f'NaN or Inf; re-create the file with:\n  {MAKE_COMMAND}')
     if num_classes is not None and len(names) != num_classes:
         raise ValueError(f'{path!r} holds {len(names)} classes but the model expects {num_classes}. '
                          f'Re-create it for this dataset with:\n  {MAKE_COMMAND}')
+    if layout == 'padded' and isinstance(emb, SynonymTable):
+        emb = emb.to_padded()
+    elif layout == 'table' and isinstance(emb, Tensor):
+        emb = SynonymTable.from_padded(emb)
     return emb, names
+
+
+def _check_names(path: str, class_names: ClassNames, names: List[str]) -> None:
+    expected, given = _names_given(class_names)
+    if expected != names:
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(expected, names)) if a != b][:3]
+        same_set = sorted(expected) == sorted(names)
+        raise ValueError(
+            f'{path!r} was made for other class names'
+            f'{" (the same classes in another order)" if same_set else ""}: first differences '
+            f'(index, expected, file): {diff}; {len(expected)} vs {len(names)} classes ({given}). '
+            f'Re-create it with:\n  {MAKE_COMMAND}')
+
+
+def _read_table(path: str, data: Dict) -> Tuple[SynonymTable, List[str]]:
+    """A synonym-table file's content, checked."""
+    emb, idx, names = data.get('synonym_embeddings'), data.get('synonym_class'), data.get('class_names')
+    fix = f're-create the file with:\n  {MAKE_COMMAND}'
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f'{path!r}: class_names is a {type(names).__name__}, not a list of classes; {fix}')
+    try:
+        names = check_class_names(list(names))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{path!r}: its class names are not a valid vocabulary ({e}); {fix}') from None
+    if not isinstance(emb, Tensor) or not emb.is_floating_point() or emb.dim() != 2 or 0 in emb.shape:
+        shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
+        raise ValueError(f'{path!r}: synonym_embeddings must be a float (rows, dim) tensor, got {shape}; {fix}')
+    if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.shape != emb.shape[:1]:
+        raise ValueError(f'{path!r}: synonym_class must be an integer tensor with one class id per synonym row '
+                         f'({emb.shape[0]}); {fix}')
+    emb = emb.float()
+    if not bool(torch.isfinite(emb).all()):
+        bad = sorted({int(i) for i in idx[~torch.isfinite(emb).all(1)][:10]})
+        raise ValueError(f'{path!r}: the embeddings of classes {bad} hold NaN or Inf; {fix}')
+    try:
+        table = SynonymTable.from_flat(emb, idx, len(names))
+    except ValueError as e:
+        raise ValueError(f'{path!r}: {e}; {fix}') from None
+    return table, names

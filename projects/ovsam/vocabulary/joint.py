@@ -332,10 +332,12 @@ class JointVocabulary:
                                      joint_ids=self._map[k].tolist()) for k, s in self.sources.items()},
                     conflicts=self.conflicts)
 
-    def save(self, path: str) -> str:
-        """Write the vocabulary as JSON, atomically."""
+    def dump_json(self, path: str) -> str:
+        """Write the vocabulary as JSON, atomically (:func:`ovsam.fileio.atomic_save_json`)."""
         from ..fileio import atomic_save_json
         return atomic_save_json(path, self.to_dict(), ensure_ascii=False, indent=1)
+
+    save = dump_json
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = 'joint vocabulary') -> 'JointVocabulary':
