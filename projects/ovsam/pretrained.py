@@ -61,9 +61,9 @@ from torch import Tensor
 from .checkpoint import CheckpointError, load_state_dict_strict
 
 __all__ = ['CONFIG_FILE', 'FORMAT_VERSION', 'MANIFEST_FILE', 'PretrainedFolderError', 'PretrainedModel',
-           'SavedVocabulary', 'VOCABULARY_FILE', 'WEIGHTS_FILE', 'from_pretrained', 'is_pretrained_folder',
-           'load_weights', 'predictor_from_pretrained', 'read_config', 'read_manifest', 'save_pretrained',
-           'save_weights']
+           'SavedVocabulary', 'VOCABULARY_FILE', 'WEIGHTS_FILE', 'as_config', 'from_pretrained', 'is_pretrained_folder',
+           'load_weights', 'parameters_on_meta', 'predictor_from_pretrained', 'read_config', 'read_manifest',
+           'save_pretrained', 'save_weights']
 
 FORMAT = 'ovsam-pretrained'
 FORMAT_VERSION = 1
@@ -407,7 +407,10 @@ def _clean_model_cfg(model_cfg: Any) -> Any:
     return out
 
 
-def _as_config(config: Any):
+def as_config(config: Any):
+    """An mmengine ``Config`` (a copy) from a config file, a shipped config name
+    (``'ovsam_coco'``, :func:`ovsam.config_path.ovsam_config_path`), a ``Config``
+    or a dict."""
     from mmengine.config import Config, ConfigDict
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
@@ -504,7 +507,7 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
         if config is None:
             raise ValueError('save_pretrained needs the config the model was built from: pass config= (a file, a '
                              "shipped config name such as 'ovsam_coco', or a Config)")
-    cfg = _as_config(config)
+    cfg = as_config(config)
     if 'model' not in cfg:
         raise ValueError('config has no "model" entry: give the config the model was built from')
     cfg.model = _clean_model_cfg(cfg.model)
@@ -595,7 +598,8 @@ def read_manifest(folder: str, check_files: bool = True) -> Dict[str, Any]:
             why = (f'it holds {[n for n in _FILES if n in inside]} but no {MANIFEST_FILE}: saving it was '
                    'interrupted (the manifest is written last); save it again')
         elif any(n.endswith(('.pth', '.pt', '.safetensors')) for n in inside):
-            why = (f'it holds checkpoint files ({[n for n in inside if n.endswith((".pth", ".pt", ".safetensors"))][:3]}) '
+            ckpts = [n for n in inside if n.endswith(('.pth', '.pt', '.safetensors'))]
+            why = (f'it holds checkpoint files ({ckpts[:3]}) '
                    'but no manifest: load a checkpoint with OVSAMPredictor.from_config(config, checkpoint), or the '
                    'official files with tools/model_converters/official_to_pretrained.py')
         else:
@@ -641,6 +645,22 @@ def _checked(folder: str, name: str, manifest: Dict[str, Any]) -> str:
     return path
 
 
+def _install_exact(clf: nn.Module, vocab: SavedVocabulary) -> None:
+    """The saved (already unit-norm) embeddings into the classifier, bit for bit.
+
+    ``set_vocabulary`` checks and normalises them; normalising unit vectors
+    again moves the last bit of some, so its buffer is then replaced by the
+    saved values in the same (D, K + 1, P) layout (background row last, zero).
+    """
+    clf.set_vocabulary(vocab.embeddings, vocab.class_names)
+    emb = vocab.embeddings.float()
+    exact = torch.cat([emb, emb.new_zeros(1, *emb.shape[1:])]).permute(2, 0, 1).contiguous()
+    if exact.shape != clf.cls_embed.shape or not torch.allclose(exact, clf.cls_embed, atol=1e-5):
+        raise PretrainedFolderError('the saved text embeddings are not unit-norm (the vocabulary file was '
+                                    'replaced?); save the model folder again')
+    clf.cls_embed = exact.to(clf.cls_embed.device)
+
+
 def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
                     allow_nonfinite: bool = False) -> PretrainedModel:
     """Build the model saved in ``folder`` (see the module docstring).
@@ -672,7 +692,7 @@ def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
         if hasattr(m, '_is_init'):
             m._is_init = True
     if vocab is not None:
-        model.mask_decoder.classifier.set_vocabulary(vocab.embeddings, vocab.class_names)
+        _install_exact(model.mask_decoder.classifier, vocab)
         model.set_class_split(vocab.base_classes, vocab.novel_classes)
     model.cfg = cfg
     return PretrainedModel(model.to(device).eval(), vocab, cfg, manifest)
