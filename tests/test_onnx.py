@@ -6,6 +6,7 @@ boxes, dense RoI level selection) against the modules the model really uses.
 """
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -169,5 +170,11 @@ def test_export_tool(tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / 'm.onnx'
-    assert tool.main(['--tiny', '--out', str(out), '--vocabulary', 'cat', 'dog', '--check']) == 0
+    assert tool.main(['--tiny', '--out', str(out), '--out-dir', str(tmp_path / 'deploy'), '--vocabulary', 'cat',
+                      'dog', '--check']) == 0
     assert out.is_file()
+    assert sorted(os.listdir(tmp_path / 'deploy')) == ['image_encoder.onnx', 'manifest.json', 'prompt_decoder.onnx',
+                                                       'vocabulary.npy']
+    assert json.loads((tmp_path / 'deploy' / 'manifest.json').read_text())['class_names'] == ['cat', 'dog']
+    with pytest.raises(SystemExit):  # neither output named
+        tool.main(['--tiny'])

@@ -1,6 +1,14 @@
-"""ONNX export of OV-SAM's prompt-side model.
+"""ONNX export of OV-SAM: the prompt side alone, or the whole model as two graphs.
 
-The image side (CLIP, SAM2CLIP adapter, FPN) runs once per image; the exported
+:func:`export_deployment` writes a folder that :mod:`ovsam_onnx` (numpy,
+onnxruntime and PIL only) runs: the image side (:class:`ImageSideModel`: the
+normalisation and padding, frozen CLIP, SAM2CLIP adapter, FPN) and the prompt
+side with the vocabulary as an input (``PromptSideModel(model,
+vocabulary_inputs=True)``), the text embeddings and a manifest; the layout is
+:mod:`ovsam_onnx.layout`. :func:`export_prompt_model` writes the prompt side
+alone with the vocabulary baked in (image features from PyTorch).
+
+The image side (CLIP, SAM2CLIP adapter, FPN) runs once per image; the prompt
 graph is everything that runs per prompt: SAM's prompt encoder, the CLIP2SAM
 decoder, the recognition branch (RoI pooling on the FPN, projection,
 classifier) and the frozen-CLIP ensemble on the C5 map, for a dynamic number of
@@ -33,22 +41,31 @@ mmcv's RoIAlign is a custom op that plain onnxruntime lacks, so the graph uses
 is numerically the same as mmcv's ``RoIAlign(aligned=True, sampling_ratio=0)``
 (checked in the tests), and computes every FPN level for every box, picking the
 level of mmdet's ``SingleRoIExtractor`` by a mask (no data-dependent indexing).
-The vocabulary (text embeddings) is baked in; its class names are stored in
-the model's metadata (``class_names``, JSON).
+In :func:`export_prompt_model` the vocabulary (text embeddings) is baked in;
+its class names are stored in the model's metadata (``class_names``, JSON).
+With ``vocabulary_inputs=True`` the classifier's embeddings (``class_embed``)
+and the ensemble's class split (``class_seen``, ``class_allowed``) are inputs
+instead, so one graph serves any vocabulary of the same CLIP model.
 """
+import contextlib
+import copy
+import io
 import json
-from typing import Dict, List, Optional, Sequence
+import os.path as osp
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from ovsam_onnx import layout
 from torch import Tensor
 
 from ..models.common import masks_to_boxes
 
-INPUT_NAMES = ['image_embed', 'fpn_0', 'fpn_1', 'fpn_2', 'fpn_3', 'clip_c5', 'point_coords', 'point_labels',
-               'mask_input', 'has_mask_input']
-OUTPUT_NAMES = ['mask_logits', 'class_scores', 'boxes']
+INPUT_NAMES = layout.FEATURE_NAMES + layout.PROMPT_NAMES  # the baked-vocabulary graph's inputs
+OUTPUT_NAMES = layout.PROMPT_OUTPUTS
 
 
 def roi_align_tv(feat: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
@@ -66,12 +83,20 @@ class PromptSideModel(nn.Module):
     :meth:`OVSAM.fuse` with the model's :meth:`OVSAM.class_split`); only the
     operators that plain onnxruntime lacks are replaced: mmcv's RoIAlign by
     torchvision's, mmdet's level-mapped RoI extractor by a masked sum over
-    levels, and the prompt encoder's padding by fixed-size inputs. Set the
-    vocabulary and the class split on the model before exporting.
+    levels, and the prompt encoder's padding by fixed-size inputs.
+
+    ``vocabulary_inputs=False``: the model's vocabulary and class split are
+    baked in (set them on the model before exporting). ``True``: ``forward``
+    also takes ``class_embed`` (D, K + 1, P), ``class_seen`` (K + 1,) bool and
+    ``class_allowed`` (K,) bool, which stand in for the classifier's buffer and
+    :meth:`OVSAM.class_split` for the duration of the call (so the classifier
+    and :meth:`OVSAM.fuse` still do the maths); not thread-safe with other
+    users of the same model.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, vocabulary_inputs: bool = False) -> None:
         super().__init__()
+        self.vocabulary_inputs = bool(vocabulary_inputs)
         if model.use_clip_ensemble and model.backbone.roi_size <= 0:
             raise NotImplementedError('ONNX export supports CLIP towers with an attention pool (ResNet); '
                                       'mask-pooled (ConvNeXt) CLIP ensembles are not exported')
@@ -126,7 +151,21 @@ class PromptSideModel(nn.Module):
 
     def forward(self, image_embed: Tensor, fpn_0: Tensor, fpn_1: Tensor, fpn_2: Tensor, fpn_3: Tensor,
                 clip_c5: Tensor, point_coords: Tensor, point_labels: Tensor, mask_input: Tensor,
-                has_mask_input: Tensor):
+                has_mask_input: Tensor, class_embed: Optional[Tensor] = None, class_seen: Optional[Tensor] = None,
+                class_allowed: Optional[Tensor] = None):
+        args = (image_embed, fpn_0, fpn_1, fpn_2, fpn_3, clip_c5, point_coords, point_labels, mask_input,
+                has_mask_input)
+        if not self.vocabulary_inputs:
+            return self._forward(*args)
+        if class_embed is None or class_seen is None or class_allowed is None:
+            raise ValueError('this wrapper takes the vocabulary as inputs: give class_embed, class_seen and '
+                             'class_allowed (or build it with vocabulary_inputs=False)')
+        with vocabulary_from_inputs(self._model[0], class_embed, class_seen, class_allowed):
+            return self._forward(*args)
+
+    def _forward(self, image_embed: Tensor, fpn_0: Tensor, fpn_1: Tensor, fpn_2: Tensor, fpn_3: Tensor,
+                 clip_c5: Tensor, point_coords: Tensor, point_labels: Tensor, mask_input: Tensor,
+                 has_mask_input: Tensor):
         model, head = self._model[0], self.head
         sparse = self.embed_points(point_coords, point_labels)
         dense = self.embed_masks(mask_input, has_mask_input)
@@ -154,36 +193,74 @@ class PromptSideModel(nn.Module):
         return mask_logits, model.fuse(head_logits, clip_logits, mask_logits, clip_c5.shape[-2:]), boxes
 
 
-# ------------------------------------------------------------------ inputs
-def encode_prompts_for_onnx(point_coords: Optional[np.ndarray] = None,
-                            point_labels: Optional[np.ndarray] = None,
-                            boxes: Optional[np.ndarray] = None):
-    """Prompts in the input frame -> ``point_coords`` (N, P, 2), ``point_labels`` (N, P).
+@contextlib.contextmanager
+def vocabulary_from_inputs(model: nn.Module, class_embed: Tensor, class_seen: Tensor, class_allowed: Tensor):
+    """For the duration of the block, ``model``'s classifier scores against
+    ``class_embed`` (D, K + 1, P) and :meth:`OVSAM.class_split` answers
+    (``class_seen`` (K + 1,), ``class_allowed`` (K,)): traced, they become graph
+    inputs while the model's own classifier and ensemble do the maths."""
+    clf = model.mask_decoder.classifier
+    saved = clf.cls_embed
+    clf.cls_embed = class_embed
+    model.class_split = lambda num_classes, device=None: (class_seen, class_allowed)
+    try:
+        yield
+    finally:
+        clf.cls_embed = saved
+        del model.class_split  # the instance attribute; the class's method is back
 
-    Same token order as SAM's prompt encoder: click points, then the box
-    corners (labels 2, 3), or a padding point (label -1) when there is no box.
+
+def vocabulary_tensors(model: nn.Module) -> List[Tensor]:
+    """The model's own vocabulary as ``class_embed``, ``class_seen``, ``class_allowed``."""
+    k = int(model.mask_decoder.num_classes)
+    device = model.mask_decoder.classifier.cls_embed.device
+    seen, allowed = model.class_split(k, device)
+    if allowed is None:
+        allowed = torch.ones(k, dtype=torch.bool, device=device)
+    return [model.mask_decoder.classifier.cls_embed.detach().clone(), seen.clone(), allowed.clone()]
+
+
+# ------------------------------------------------------------------ image side
+class ImageSideModel(nn.Module):
+    """The per-image part of an :class:`ovsam.models.OVSAM`, with its preprocessing.
+
+    Input ``image`` (h, w, 3) float32 RGB in 0..255, resized so that its
+    longest side is the input size S (``h, w <= S``; :mod:`ovsam_onnx.image`
+    resizes as the PyTorch predictor does). The graph does what the model's
+    data preprocessor and the predictor do next (channel order, mean / std,
+    padding to S x S with the pad value), then :meth:`OVSAM.extract_feat`.
+    Outputs: ``image_embed``, ``fpn_0..3`` and the last CLIP level ``clip_c5``
+    (:data:`ovsam_onnx.layout.FEATURE_NAMES`), the prompt graph's inputs.
     """
-    parts_c, parts_l = [], []
-    n = None
-    if point_coords is not None:
-        pc = np.asarray(point_coords, np.float32)
-        n = pc.shape[0]
-        pl = np.ones(pc.shape[:2], np.float32) if point_labels is None else np.asarray(point_labels, np.float32)
-        parts_c.append(pc)
-        parts_l.append(pl)
-    if boxes is not None:
-        b = np.asarray(boxes, np.float32).reshape(-1, 2, 2)
-        if n is not None and b.shape[0] != n:
-            raise ValueError('boxes and points must describe the same number of prompts')
-        n = b.shape[0]
-        parts_c.append(b)
-        parts_l.append(np.tile(np.array([[2, 3]], np.float32), (n, 1)))
-    else:
-        if n is None:
-            raise ValueError('give points and/or boxes')
-        parts_c.append(np.zeros((n, 1, 2), np.float32))
-        parts_l.append(-np.ones((n, 1), np.float32))
-    return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        dp = model.data_preprocessor
+        self.size = int(model.pe.input_image_size[0])
+        # the predictor hands BGR to the preprocessor, which converts when told to
+        self.to_bgr = not bool(getattr(dp, '_channel_conversion', False))
+        self.normalize = bool(getattr(dp, '_enable_normalize', False))
+        self.pad_value = float(getattr(dp, 'pad_value', 0))
+        if self.normalize:
+            self.register_buffer('mean', dp.mean.detach().clone().reshape(1, 3, 1, 1), persistent=False)
+            self.register_buffer('std', dp.std.detach().clone().reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor):
+        x = image.permute(2, 0, 1)[None]
+        if self.to_bgr:
+            x = x.flip(1)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, self.size - w, 0, self.size - h), value=self.pad_value)
+        feats = self.model.extract_feat(x)
+        return (feats.image_embed, *feats.fpn_feats, feats.clip_feats[-1])
+
+
+# ------------------------------------------------------------------ inputs
+#: the prompt encoding of the ONNX graphs (one owner: :mod:`ovsam_onnx.layout`)
+encode_prompts_for_onnx = layout.encode_prompts
 
 
 def onnx_prompt_inputs(predictor, point_coords=None, point_labels=None, box=None,
@@ -228,16 +305,7 @@ def dummy_inputs(model: nn.Module, num_prompts: int = 2, num_points: int = 3) ->
             torch.zeros(num_prompts, 1, *mask_size, device=x.device), torch.ones(1, device=x.device)]
 
 
-def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
-                        class_names: Optional[Sequence[str]] = None) -> str:
-    """Write the prompt-side ONNX graph of ``model`` to ``out_file``.
-
-    The vocabulary and the class split of the ensemble are the model's
-    (baked in): set them first (e.g. through an ``OVSAMPredictor``).
-
-    Dynamic axes: number of prompts N and points per prompt P. Uses
-    PyTorch's TorchScript-based exporter (no ``onnxscript`` needed).
-    """
+def _check_opset(opset: Any) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise TypeError(f'opset must be an integer ONNX opset version (e.g. 17), got {type(opset).__name__} '
                         f'{opset!r}')
@@ -248,10 +316,18 @@ def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
     if top is not None and opset > top:
         raise ValueError(f'opset={opset}: the TorchScript-based ONNX exporter of this PyTorch writes opsets 16..{top}; '
                          'use 17 (the default)')
+    return opset
+
+
+def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, 'predict_prompts') or \
             getattr(getattr(model, 'mask_decoder', None), 'classifier', None) is None:
         raise TypeError(f'model must be an ovsam.models.OVSAM (e.g. OVSAMPredictor.model), got '
                         f'{type(model).__name__}')
+
+
+def _class_names(model: nn.Module, class_names: Optional[Sequence[str]]) -> List[str]:
+    """``class_names`` checked against the model's vocabulary (default: the model's own)."""
     own = list(model.mask_decoder.classifier.class_names or [])
     k = int(model.mask_decoder.classifier.num_classes)
     if class_names is not None:
@@ -264,38 +340,189 @@ def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
             raise ValueError(f'class_names has {len(class_names)} names but the model\'s vocabulary has {k} '
                              f'classes (its class scores have {k} columns): give one name per class, in order, '
                              'or leave class_names out to use the model\'s own')
-    wrapper = PromptSideModel(model).eval()
-    args = tuple(dummy_inputs(model))
-    dyn = {
-        'point_coords': {0: 'num_prompts', 1: 'num_points'},
-        'point_labels': {0: 'num_prompts', 1: 'num_points'},
-        'mask_input': {0: 'num_prompts'},
-        'mask_logits': {0: 'num_prompts'},
-        'class_scores': {0: 'num_prompts'},
-        'boxes': {0: 'num_prompts'},
-    }
     names = list(class_names) if class_names is not None else own
     bad = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
     if bad:
         raise TypeError(f'class_names must be strings; (index, type) of the others: {bad[:5]}')
-    import io
-    import warnings
+    return names
 
+
+def _to_onnx(wrapper: nn.Module, args: tuple, input_names: List[str], output_names: List[str],
+             dynamic_axes: Dict[str, Dict[int, str]], opset: int, metadata: Dict[str, str]) -> bytes:
+    """The traced graph with its metadata, serialised (built in memory and
+    written once by the caller: a crash never leaves a file without them)."""
     import onnx
-
-    from ..fileio import atomic_save_bytes
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(wrapper, args, buf, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                          dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
-    # The graph is built in memory and written once, with its metadata: a
-    # crash can never leave a file without its class names.
+        torch.onnx.export(wrapper, args, buf, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     m = onnx.load_from_string(buf.getvalue())
-    for key, value in (('class_names', json.dumps(names)),
-                       ('input_size', str(int(model.pe.input_image_size[0]))),
-                       ('producer', 'ovsam.apis.onnx_export')):
+    for key, value in metadata.items():
         prop = m.metadata_props.add()
         prop.key, prop.value = key, value
-    atomic_save_bytes(out_file, m.SerializeToString())
+    return m.SerializeToString()
+
+
+_PROMPT_AXES = {
+    'point_coords': {0: 'num_prompts', 1: 'num_points'},
+    'point_labels': {0: 'num_prompts', 1: 'num_points'},
+    'mask_input': {0: 'num_prompts'},
+    'mask_logits': {0: 'num_prompts'},
+    'class_scores': {0: 'num_prompts'},
+    'boxes': {0: 'num_prompts'},
+}
+_VOCABULARY_AXES = {
+    'class_embed': {1: 'num_classes_bg', 2: 'num_synonyms'},
+    'class_seen': {0: 'num_classes_bg'},
+    'class_allowed': {0: 'num_classes'},
+    'class_scores': {0: 'num_prompts', 1: 'num_classes_bg'},
+}
+
+
+def prompt_model_bytes(model: nn.Module, opset: int = 17, class_names: Optional[Sequence[str]] = None,
+                       vocabulary_inputs: bool = False) -> bytes:
+    """The prompt-side graph (see :func:`export_prompt_model`), serialised."""
+    opset = _check_opset(opset)
+    _check_model(model)
+    names = _class_names(model, class_names)
+    wrapper = PromptSideModel(model, vocabulary_inputs=vocabulary_inputs).eval()
+    args = list(dummy_inputs(model))
+    inputs = list(INPUT_NAMES)
+    dyn = dict(_PROMPT_AXES)
+    if vocabulary_inputs:
+        args += vocabulary_tensors(model)
+        inputs += layout.VOCABULARY_NAMES
+        dyn.update(_VOCABULARY_AXES)
+    meta = {'input_size': str(int(model.pe.input_image_size[0])), 'producer': 'ovsam.apis.onnx_export'}
+    if not vocabulary_inputs:
+        meta = {'class_names': json.dumps(names), **meta}
+    return _to_onnx(wrapper, tuple(args), inputs, OUTPUT_NAMES, dyn, opset, meta)
+
+
+def export_prompt_model(model: nn.Module, out_file: str, opset: int = 17,
+                        class_names: Optional[Sequence[str]] = None, vocabulary_inputs: bool = False) -> str:
+    """Write the prompt-side ONNX graph of ``model`` to ``out_file``.
+
+    ``vocabulary_inputs=False`` (default): the vocabulary and the class split
+    of the ensemble are the model's (baked in; set them first, e.g. through an
+    ``OVSAMPredictor``), the class names are in the metadata. ``True``: they
+    are inputs (:class:`PromptSideModel`), as in :func:`export_deployment`.
+
+    Dynamic axes: number of prompts N and points per prompt P (and classes K
+    and synonyms with ``vocabulary_inputs``). Uses PyTorch's TorchScript-based
+    exporter (no ``onnxscript`` needed).
+    """
+    from ..fileio import atomic_save_bytes
+    data = prompt_model_bytes(model, opset, class_names, vocabulary_inputs)
+    atomic_save_bytes(out_file, data)
     return out_file
+
+
+def image_model_bytes(model: nn.Module, opset: int = 17) -> bytes:
+    """The image-side graph (:class:`ImageSideModel`), serialised.
+
+    Traced on a copy of ``model`` with the CPU fast paths swapped out (plain
+    modules, standard operators); ``model`` itself is not changed. The input
+    ``image`` is dynamic in height and width (each at most the input size).
+    """
+    opset = _check_opset(opset)
+    _check_model(model)
+    from ..models.fast_inference import fast_modules, optimize_for_inference
+    plain = model
+    if fast_modules(model):
+        plain = copy.deepcopy(model)
+        optimize_for_inference(plain, enabled=False)
+    wrapper = ImageSideModel(plain).eval()
+    size = wrapper.size
+    device = next(model.parameters()).device
+    image = torch.rand(size, max(1, size * 3 // 4), 3, generator=torch.Generator().manual_seed(0)).to(device) * 255
+    dyn = {'image': {0: 'height', 1: 'width'}}
+    meta = {'input_size': str(size), 'producer': 'ovsam.apis.onnx_export'}
+    return _to_onnx(wrapper, (image, ), layout.IMAGE_INPUTS, layout.FEATURE_NAMES, dyn, opset, meta)
+
+
+def export_image_model(model: nn.Module, out_file: str, opset: int = 17) -> str:
+    """Write the image-side ONNX graph of ``model`` (:func:`image_model_bytes`) to ``out_file``."""
+    from ..fileio import atomic_save_bytes
+    atomic_save_bytes(out_file, image_model_bytes(model, opset))
+    return out_file
+
+
+def _versions() -> Dict[str, str]:
+    import onnx
+
+    from ..version import __version__
+    out = {'ovsam': __version__, 'torch': torch.__version__, 'onnx': onnx.__version__}
+    try:
+        import onnxruntime
+        out['onnxruntime'] = onnxruntime.__version__
+    except ImportError:  # pragma: no cover - the export itself needs only onnx
+        pass
+    return out
+
+
+def export_deployment(model: nn.Module, out_dir: str, opset: int = 17,
+                      class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Write the whole model as a folder that :mod:`ovsam_onnx` runs without torch.
+
+    Files (:mod:`ovsam_onnx.layout`): ``image_encoder.onnx`` (:class:`ImageSideModel`),
+    ``prompt_decoder.onnx`` (:class:`PromptSideModel` with the vocabulary as
+    inputs), ``vocabulary.npy`` (the model's (K, P, D) unit-norm text
+    embeddings) and ``manifest.json`` (input size, pixel mean / std, class
+    names and the ensemble's class split, opset, versions), written last:
+    a folder with a manifest is complete. Each file is written atomically.
+
+    Returns:
+        the manifest (a dict).
+    """
+    from ..fileio import atomic_save_bytes, atomic_save_json
+    opset = _check_opset(opset)
+    _check_model(model)
+    clf = model.mask_decoder.classifier
+    k = int(clf.num_classes)
+    if k <= 0:
+        raise RuntimeError('the model has no vocabulary: set one before exporting (e.g. OVSAMPredictor.set_vocabulary '
+                           'or --vocabulary)')
+    names = _class_names(model, class_names)
+    seen, allowed = model.class_split(k)
+    dp = model.data_preprocessor
+    image_bytes = image_model_bytes(model, opset)
+    prompt_bytes = prompt_model_bytes(model, opset, names, vocabulary_inputs=True)
+    emb = clf.cls_embed.detach().permute(1, 2, 0)[:-1].float().cpu().numpy()  # (K, P, D)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
+    atomic_save_bytes(osp.join(out_dir, layout.IMAGE_ENCODER), image_bytes)
+    atomic_save_bytes(osp.join(out_dir, layout.PROMPT_DECODER), prompt_bytes)
+    atomic_save_bytes(osp.join(out_dir, layout.VOCABULARY), buf.getvalue())
+    rgb = bool(getattr(dp, '_channel_conversion', False))
+    mean = dp.mean.flatten().tolist() if getattr(dp, '_enable_normalize', False) else [0.0, 0.0, 0.0]
+    std = dp.std.flatten().tolist() if getattr(dp, '_enable_normalize', False) else [1.0, 1.0, 1.0]
+    manifest = {
+        'format': layout.FORMAT,
+        'format_version': layout.FORMAT_VERSION,
+        'image_encoder': layout.IMAGE_ENCODER,
+        'prompt_decoder': layout.PROMPT_DECODER,
+        'vocabulary': layout.VOCABULARY,
+        'input_size': int(model.pe.input_image_size[0]),
+        'mask_input_size': [int(s) for s in model.pe.mask_input_size],
+        'preprocessing': {
+            'resize': 'longest side to input_size, bilinear (OpenCV INTER_LINEAR), then pad bottom/right',
+            'pixel_mean': mean if rgb else mean[::-1], 'pixel_std': std if rgb else std[::-1],
+            'channel_order': 'RGB', 'pad_value': float(getattr(dp, 'pad_value', 0)),
+            'in_graph': 'normalisation and padding are done by image_encoder.onnx'},
+        'class_names': names,
+        'embed_dim': int(emb.shape[-1]),
+        'seen_classes': [i for i in range(k) if bool(seen[i])],
+        'allowed_classes': None if allowed is None else [i for i in range(k) if bool(allowed[i])],
+        'use_clip_ensemble': bool(model.use_clip_ensemble),
+        'alpha': float(model.alpha),
+        'beta': float(model.beta),
+        'opset': opset,
+        'versions': _versions(),
+        'inputs': {'image_encoder': layout.IMAGE_INPUTS,
+                   'prompt_decoder': layout.FEATURE_NAMES + layout.PROMPT_NAMES + layout.VOCABULARY_NAMES},
+        'outputs': {'image_encoder': layout.FEATURE_NAMES, 'prompt_decoder': layout.PROMPT_OUTPUTS},
+    }
+    atomic_save_json(osp.join(out_dir, layout.MANIFEST), manifest, indent=1)
+    return manifest
