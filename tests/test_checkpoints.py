@@ -259,3 +259,116 @@ def test_missing_checkpoint_file_is_clear(tiny_cfg):
     from ovsam.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match='does not exist'):
         build_tiny(tiny_cfg, checkpoints=dict(sam2clip='/nonexistent/sam2clip.pth'))
+
+
+# ------------------------------------------------ the released large-vocabulary set
+LARGE_VOCAB_CFG = os.path.join(os.path.dirname(REAL_CFG), '..', '..', 'ovsam_rn50x16_large-vocab_lvis-v3det.py')
+
+
+def _large_vocab_files_on_meta():
+    """The large-vocabulary release's state dicts (official layouts) on the meta device."""
+    clip2sam = _meta_tensors(_manifest('clip2sam_coco_rn50x16.json')['state_dict'])
+    decoder = {k: v for k, v in clip2sam.items() if k.startswith('mask_decoder.')}
+    fpn = {k: v for k, v in clip2sam.items() if k.startswith('fpn_neck.')}
+    fpn['roi_conv.0.conv.weight'] = torch.empty(768, 256, 1, 1, device='meta')
+    sam2clip = _meta_tensors(_manifest('sam2clip_vith_rn50x16.json')['state_dict'])
+    return decoder, fpn, sam2clip
+
+
+def test_large_vocab_config_matches_the_released_layout():
+    """The one config of the large-vocabulary set builds the released
+    architecture (7x7 RoIs) and its files' keys load strictly into it."""
+    import ovsam  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from ovsam.checkpoint import load_state_dict_strict, official_ovsam_state_dict
+    cfg = Config.fromfile(LARGE_VOCAB_CFG)
+    ck = cfg.model.checkpoints
+    assert os.path.basename(ck.sam2clip) == 'sam2clip_vith_rn50.pth'
+    assert {k: os.path.basename(v) for k, v in ck.clip2sam.items()} == dict(
+        mask_decoder='ovsam_R50x16_lvisnorare.pth', fpn_neck='R50x16_fpn_lvis_norare_v3det.pth',
+        roi_conv='R50x16_fpn_lvis_norare_v3det.pth')
+    clf = cfg.model.mask_decoder.classifier
+    assert os.path.basename(clf.vocabulary) == 'RN50x16_LVISV1Dataset.pth' and clf.class_names == 'lvis'
+    assert cfg.model.mask_decoder.roi_extractor.roi_layer.output_size == 7
+    m = cfg.model.copy()
+    m.checkpoints = None
+    m.mask_decoder.classifier.vocabulary = None
+    with torch.device('meta'):
+        model = MODELS.build(m)
+    assert tuple(model.mask_decoder.roi.roi_layers[0].output_size) == (7, 7)
+    decoder, fpn, sam2clip = _large_vocab_files_on_meta()
+    parts = official_ovsam_state_dict(sam2clip=sam2clip,
+                                      clip2sam_parts=dict(mask_decoder=decoder, fpn_neck=fpn, roi_conv=fpn))
+    assert set(parts) == {'neck', 'fpn_neck', 'mask_decoder'}
+    for name, sd in parts.items():
+        load_state_dict_strict(getattr(model, name), sd, name)
+
+
+def test_large_vocab_vocabulary_file_in_the_official_layout(tmp_path):
+    """RN50x16_LVISV1Dataset.pth: a bare [1203, synonyms, 768] tensor named by 'lvis'."""
+    from ovsam.models import TextClassifier
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(1203, 3, 768, generator=g), dim=-1)
+    emb[:, 2] = emb[:, 0]  # padded by repeating the first synonym, as released
+    path = str(tmp_path / 'RN50x16_LVISV1Dataset.pth')
+    torch.save(emb, path)
+    clf = TextClassifier(vocabulary=path, class_names='lvis', num_classes=1203, embed_dim=768)
+    assert clf.num_classes == 1203 and clf.class_names[0] == 'aerosol_can'
+    assert tuple(clf.cls_embed.shape) == (768, 1204, 3)  # held in the released layout
+    x = torch.randn(4, 768, generator=g)
+    ref = 100 * torch.einsum('nd,kpd->nkp', torch.nn.functional.normalize(x, dim=-1), emb).max(-1).values
+    assert torch.allclose(clf(x)[:, :-1], ref, atol=1e-3)
+    with pytest.raises(ValueError, match='bare tensor'):
+        TextClassifier(vocabulary=path)
+
+
+def _write_large_vocab_files(model, clip, tmp_path, roi_conv):
+    """The large-vocabulary set at tiny size, in its release's layouts."""
+    files = _write_official_files(model, clip, tmp_path)
+    prefixed = lambda p, sd: {f'{p}.{k}': v for k, v in sd.items()}  # noqa: E731
+    torch.save(dict(state_dict=prefixed('neck_student', model.neck.state_dict())), tmp_path / 'sam2clip_vith_rn50.pth')
+    torch.save(dict(state_dict=prefixed('mask_decoder', model.mask_decoder.state_dict()), meta=dict(epoch=12)),
+               tmp_path / 'ovsam_R50x16_lvisnorare.pth')
+    torch.save(dict(state_dict={**prefixed('fpn_neck', model.fpn_neck.state_dict()),
+                                **prefixed('roi_conv', roi_conv)}), tmp_path / 'R50x16_fpn_lvis_norare_v3det.pth')
+    fpn = str(tmp_path / 'R50x16_fpn_lvis_norare_v3det.pth')
+    return dict(clip=files['clip'], sam=files['sam'], sam2clip=str(tmp_path / 'sam2clip_vith_rn50.pth'),
+                clip2sam=dict(mask_decoder=str(tmp_path / 'ovsam_R50x16_lvisnorare.pth'), fpn_neck=fpn,
+                              roi_conv=fpn))
+
+
+def test_large_vocab_split_files_round_trip_strictly(tiny_cfg, tmp_path):
+    """Assembled from the split files, the model has the decoder file's head
+    with the FPN file's RoI projection; any missing or extra key is an error."""
+    from ovsam.checkpoint import CheckpointError, load_clip_visual
+    src = build_tiny(tiny_cfg, seed=1)
+    clip = _tiny_clip(tiny_cfg)
+    torch.save(clip.state_dict(), tmp_path / 'c.pt')
+    load_clip_visual(src.backbone, str(tmp_path / 'c.pt'))
+    roi = {k: torch.randn_like(v) for k, v in src.mask_decoder.roi_conv.state_dict().items()}
+    files = _write_large_vocab_files(src, clip, tmp_path, roi)
+    dst = build_tiny(tiny_cfg, seed=2, checkpoints=files)
+    dst.init_weights()
+    for k, v in src.state_dict().items():
+        want = roi[k[len('mask_decoder.roi_conv.'):]] if k.startswith('mask_decoder.roi_conv.') else v
+        assert torch.equal(want, dst.state_dict()[k]), k
+    # strictness: each part must hold exactly its module's keys
+    dec = files['clip2sam']['mask_decoder']
+    sd = torch.load(dec, weights_only=True)
+    sd['state_dict'].pop('mask_decoder.label_token.weight')
+    torch.save(sd, dec)
+    with pytest.raises(CheckpointError, match='missing keys: label_token.weight'):
+        build_tiny(tiny_cfg, checkpoints=files)
+    files = _write_large_vocab_files(src, clip, tmp_path, dict(roi, extra=torch.zeros(1)))
+    with pytest.raises(CheckpointError, match=r"roi_conv.*unexpected keys \['extra'\]"):
+        build_tiny(tiny_cfg, checkpoints=files)
+    files = _write_large_vocab_files(src, clip, tmp_path, roi)
+    fpn = files['clip2sam']['fpn_neck']
+    sd = torch.load(fpn, weights_only=True)
+    sd['state_dict']['fpn_neck.extra.weight'] = torch.zeros(1)
+    torch.save(sd, fpn)
+    with pytest.raises(CheckpointError, match='unexpected keys: extra.weight'):
+        build_tiny(tiny_cfg, checkpoints=files)
+    with pytest.raises(CheckpointError, match='needs the parts mask_decoder'):
+        build_tiny(tiny_cfg, checkpoints=dict(clip2sam=dict(mask_decoder=dec)))

@@ -27,7 +27,7 @@ import os.path as osp
 import pickle
 import zipfile
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -490,17 +490,57 @@ def load_clip_visual(backbone: nn.Module, path: str) -> None:
 
 
 # --------------------------------------------------------------- official OV-SAM
+CLIP2SAM_PARTS = ('mask_decoder', 'fpn_neck', 'roi_conv')
+
+
+def split_clip2sam_state_dict(mask_decoder: Mapping, fpn_neck: Mapping,
+                              roi_conv: Optional[Mapping] = None,
+                              sources: Optional[Mapping[str, str]] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The large-vocabulary release's CLIP2SAM, which comes in separate files.
+
+    ``mask_decoder``'s ``mask_decoder.*`` keys are the whole head (decoder,
+    label token and MLP, RoI projection); ``fpn_neck``'s ``fpn_neck.*`` keys
+    the FPN; ``roi_conv``'s top-level ``roi_conv.*`` keys replace the head's
+    RoI projection (the official head loads it separately, after the
+    decoder). Each prefix must hold exactly the keys its module has: the RoI
+    projection's keys must be the ones the decoder file has under
+    ``mask_decoder.roi_conv.*``.
+    """
+    where = dict(sources or {})
+    head = strip_prefix(mask_decoder, 'mask_decoder')
+    parts = dict(fpn_neck=strip_prefix(fpn_neck, 'fpn_neck'), mask_decoder=head)
+    if roi_conv is not None:
+        roi = strip_prefix(roi_conv, 'roi_conv')
+        own = {k[len('roi_conv.'):] for k in head if k.startswith('roi_conv.')}
+        missing, extra = sorted(own - set(roi)), sorted(set(roi) - own)
+        if missing or extra:
+            raise CheckpointError(
+                f'{where.get("roi_conv", "the RoI projection file")!r} [roi_conv.*] does not fit the head\'s RoI '
+                f'projection ({where.get("mask_decoder", "decoder file")!r} [mask_decoder.roi_conv.*]): '
+                f'missing keys {missing}, unexpected keys {extra}')
+        for k, v in roi.items():
+            head[f'roi_conv.{k}'] = v
+    return parts
+
+
 def official_ovsam_state_dict(clip: Optional[Mapping] = None,
                               sam2clip: Optional[Mapping] = None,
                               clip2sam: Optional[Mapping] = None,
-                              sam: Optional[Mapping] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+                              sam: Optional[Mapping] = None,
+                              clip2sam_parts: Optional[Mapping[str, Mapping]] = None,
+                              ) -> Dict[str, Dict[str, torch.Tensor]]:
     """Map the released files' state dicts to OVSAM's submodules.
 
     Returns ``{submodule name: its state dict}`` for the given sources:
     ``backbone`` from CLIP (``visual.*``), ``neck`` from the SAM2CLIP release
     (``neck_student.*``), ``fpn_neck`` and ``mask_decoder`` from a CLIP2SAM
-    release, ``pe`` from SAM (``prompt_encoder.*``).
+    release (one file, ``clip2sam``) or from the large-vocabulary release's
+    separate files (``clip2sam_parts``: state dicts under the keys
+    ``mask_decoder``, ``fpn_neck`` and ``roi_conv``;
+    :func:`split_clip2sam_state_dict`), ``pe`` from SAM (``prompt_encoder.*``).
     """
+    if clip2sam is not None and clip2sam_parts is not None:
+        raise ValueError('give the CLIP2SAM release as one file (clip2sam) or as parts (clip2sam_parts), not both')
     parts = {}
     if clip is not None:
         parts['backbone'] = {k: v.float() for k, v in convert_clip_visual(clip).items()}
@@ -509,27 +549,58 @@ def official_ovsam_state_dict(clip: Optional[Mapping] = None,
     if clip2sam is not None:
         parts['fpn_neck'] = strip_prefix(clip2sam, 'fpn_neck')
         parts['mask_decoder'] = strip_prefix(clip2sam, 'mask_decoder')
+    if clip2sam_parts is not None:
+        parts.update(split_clip2sam_state_dict(**clip2sam_parts))
     if sam is not None:
         parts['pe'] = strip_prefix(sam, 'prompt_encoder')
     return parts
 
 
+def _clip2sam_part_files(clip2sam: Mapping) -> Dict[str, str]:
+    """Check ``checkpoints.clip2sam`` given as ``dict(mask_decoder=..., fpn_neck=..., roi_conv=...)``."""
+    parts = dict(clip2sam)
+    unknown = sorted(set(parts) - set(CLIP2SAM_PARTS))
+    missing = [p for p in ('mask_decoder', 'fpn_neck') if not parts.get(p)]
+    if unknown or missing:
+        raise CheckpointError(
+            f'clip2sam given as separate files needs the parts mask_decoder (the head: mask_decoder.*) and '
+            f'fpn_neck (fpn_neck.*), optionally roi_conv (roi_conv.*); got {sorted(parts)}'
+            + (f' (unknown: {unknown})' if unknown else ''))
+    bad = [(k, v) for k, v in parts.items() if v is not None and not isinstance(v, (str, os.PathLike))]
+    if bad:
+        raise CheckpointError(f'clip2sam part {bad[0][0]!r} must be a file path, got {type(bad[0][1]).__name__}')
+    return {k: os.fspath(v) for k, v in parts.items() if v}
+
+
 def load_official_ovsam(model: nn.Module,
                         clip: Optional[str] = None,
                         sam2clip: Optional[str] = None,
-                        clip2sam: Optional[str] = None,
+                        clip2sam: Optional[Union[str, Mapping[str, str]]] = None,
                         sam: Optional[str] = None) -> None:
     """Assemble the released inference model from its source files (strict).
 
     Args:
         clip: CLIP RN50x16 (OpenAI ``RN50x16.pt`` or open_clip) -> ``backbone``.
-        sam2clip: ``sam2clip_vith_rn50x16.pth`` (``neck_student.*``) -> ``neck``.
+        sam2clip: ``sam2clip_vith_rn50x16.pth`` or the large-vocabulary
+            release's ``sam2clip_vith_rn50.pth`` (``neck_student.*``) -> ``neck``.
         clip2sam: ``clip2sam_{coco,lvis}_rn50x16.pth`` (``fpn_neck.*``,
-            ``mask_decoder.*``) -> ``fpn_neck``, ``mask_decoder``.
+            ``mask_decoder.*``) -> ``fpn_neck``, ``mask_decoder``; or, for the
+            large-vocabulary release, its separate files
+            ``dict(mask_decoder='ovsam_R50x16_lvisnorare.pth',
+            fpn_neck='R50x16_fpn_lvis_norare_v3det.pth',
+            roi_conv='R50x16_fpn_lvis_norare_v3det.pth')``
+            (:func:`split_clip2sam_state_dict`).
         sam: ``sam_vit_h_4b8939.pth`` (``prompt_encoder.*``) -> ``pe``.
     """
-    files = dict(clip=clip, sam2clip=sam2clip, clip2sam=clip2sam, sam=sam)
-    sds = {}
+    split = _clip2sam_part_files(clip2sam) if isinstance(clip2sam, Mapping) else None
+    files = dict(clip=clip, sam2clip=sam2clip, clip2sam=None if split else clip2sam, sam=sam)
+    sds, cache = {}, {}
+
+    def read(path):  # each file once, even when it serves several parts
+        if path not in cache:
+            cache[path] = unwrap_state_dict(safe_load(path), repr(path))
+        return cache[path]
+
     for name, path in files.items():
         if path is None:
             continue
@@ -538,9 +609,15 @@ def load_official_ovsam(model: nn.Module,
         elif name == 'sam':
             sds[name] = load_sam_state_dict(path)
         else:
-            sds[name] = unwrap_state_dict(safe_load(path), repr(path))
-    source = dict(backbone='clip', neck='sam2clip', fpn_neck='clip2sam', mask_decoder='clip2sam', pe='sam')
+            sds[name] = read(path)
+    if split:
+        sds['clip2sam_parts'] = dict({k: read(v) for k, v in split.items()}, sources=split)
+    source = dict(backbone='clip', neck='sam2clip', pe='sam',
+                  fpn_neck=split['fpn_neck'] if split else clip2sam,
+                  mask_decoder=(f'{split["mask_decoder"]}' + (f' + {split["roi_conv"]} [roi_conv]'
+                                                              if 'roi_conv' in split else '')) if split else clip2sam)
     for module_name, sd in official_ovsam_state_dict(**sds).items():
         module = getattr(model, module_name)
-        load_state_dict_strict(module, sd, f'{files[source[module_name]]!r} -> {module_name}')
+        path = source[module_name] if module_name in ('fpn_neck', 'mask_decoder') else files[source[module_name]]
+        load_state_dict_strict(module, sd, f'{path!r} -> {module_name}')
         module._is_init = True  # keep mmengine's init_weights off loaded weights
