@@ -179,3 +179,56 @@ def test_missing_detection_data_says_how_to_make_it(tmp_path):
                missing_hint='Convert V3Det to COCO format with tools/x.py')
     with pytest.raises(FileNotFoundError, match='annotation file .*v3det_train.json.* does not exist. Convert V3Det'):
         DATASETS.build(cfg)
+
+
+# ----------------------------------------------------------------- real configs
+REAL = ('clip2sam_rn50x16_90k_lvis-v3det-in21k.py', 'clip2sam_rn50x16_90k_in21k.py')
+
+
+@pytest.mark.parametrize('name', REAL)
+def test_real_configs_build_on_the_meta_device(name):
+    """The configs parse and build their model without touching any file; data
+    paths are only read when the dataloader is built."""
+    import torch
+    from mmengine.config import Config
+    from conftest import ROOT
+    from ovsam.registry import MODELS
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', name))
+    assert cfg.pretty_text and cfg.default_scope == 'mmdet' and cfg.train_cfg.type == 'IterBasedTrainLoop'
+    m = cfg.model.copy()
+    m.mask_decoder.classifier.vocabulary = None
+    m.backbone.init_cfg = m.neck.init_cfg = None
+    m.prompt_encoder.sam_checkpoint = m.mask_decoder.sam_checkpoint = None
+    with torch.device('meta'):
+        model = MODELS.build(m)
+    assert sum(p.numel() for p in model.parameters()) > 250e6
+    assert [h.type for h in cfg.custom_hooks] == ['CheckVocabularyHook']
+
+
+def test_real_configs_say_how_to_make_missing_data(tmp_path, monkeypatch):
+    import ovsam  # noqa: F401
+    from mmengine.config import Config
+    from mmdet.registry import DATASETS
+    from mmengine.registry import init_default_scope
+    from conftest import ROOT
+    from ovsam.vocabulary.joint import JointVocabulary
+    init_default_scope('mmdet')
+    monkeypatch.chdir(tmp_path)  # a checkout without data
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', REAL[0]))
+    sources = cfg.train_dataloader.dataset.datasets
+    assert cfg.train_dataloader.sampler.type == 'MultiSourceSampler'
+    assert [s.source for s in sources] == ['lvis', 'v3det', 'in21k']
+    with pytest.raises(FileNotFoundError, match='make it with python tools/build_vocabulary.py'):
+        DATASETS.build(cfg.train_dataloader.dataset)
+    os.makedirs('data/embeddings')
+    JointVocabulary.build({'lvis': ['a'], 'v3det': ['b'], 'in21k': ['c']}).save(sources[0].joint_vocabulary)
+    for src, match in zip(sources, ('Put LVIS v1 under data/lvis/', 'Put V3Det under data/V3Det/',
+                                    "Put ImageNet-21k under data/imagenet21k/: .*meta/train.txt")):
+        with pytest.raises(FileNotFoundError, match=match):
+            DATASETS.build(src)
+    in21k = Config.fromfile(os.path.join(ROOT, 'configs', REAL[1])).train_dataloader.dataset
+    os.makedirs('data/imagenet21k/train')
+    with open('data/imagenet21k/classes.txt', 'w') as f:
+        f.write('n00000001 tench,Tinca tinca\n')
+    with pytest.raises(FileNotFoundError, match="annotation list .*meta/train.txt.* Put ImageNet-21k under"):
+        DATASETS.build(dict(in21k, joint_vocabulary=None, source=None))

@@ -18,6 +18,8 @@ import json
 import os.path as osp
 from typing import Optional
 
+from mmdet.datasets import LVISV1Dataset
+
 from ..registry import DATASETS
 from .checked_coco import AnnotationError, CheckedCocoDataset
 from .coco_ov import LVISV1NoRareDataset
@@ -103,12 +105,14 @@ class CoTrainCocoDataset(JointLabelsMixin, CheckedCocoDataset):
 
 @DATASETS.register_module()
 class CoTrainLVISDataset(JointLabelsMixin, LVISV1NoRareDataset):
-    """LVIS v1 without rare classes' annotations, labels optionally joint."""
+    """LVIS v1, labels optionally joint; without the rare classes' annotations
+    (training) unless ``drop_rare=False`` (evaluation)."""
 
     def __init__(self, *args, joint_vocabulary: Optional[str] = None, source: Optional[str] = None,
-                 missing_hint: Optional[str] = None, **kwargs) -> None:
+                 missing_hint: Optional[str] = None, drop_rare: bool = True, **kwargs) -> None:
         self._init_joint(joint_vocabulary, source)
         self.missing_hint = missing_hint
+        self.drop_rare = drop_rare
         super().__init__(*args, **kwargs)
         if not self._fully_initialized:
             self._use_joint_metainfo()
@@ -117,7 +121,7 @@ class CoTrainLVISDataset(JointLabelsMixin, LVISV1NoRareDataset):
         if not osp.isfile(self.ann_file):
             raise _missing(self.ann_file, 'LVIS annotation file', self.missing_hint)
         self._metainfo = dict(self._metainfo, classes=tuple(LVISV1NoRareDataset.METAINFO['classes']))
-        data_list = super().load_data_list()
+        data_list = super().load_data_list() if self.drop_rare else LVISV1Dataset.load_data_list(self)
         self._check_source_classes(self._metainfo['classes'], self.ann_file)
         for info in data_list:
             for inst in info['instances']:

@@ -99,7 +99,10 @@ class ImageLevelDataset(JointLabelsMixin, BaseDataset):
 
     def load_data_list(self) -> List[dict]:
         img_dir = self.data_prefix.get('img', '') or self.data_root
-        names, wnids = read_image_level_classes(self.classes_spec)
+        spec = self.classes_spec
+        if isinstance(spec, str) and spec.lower().endswith(('.txt', '.json')) and not osp.isfile(spec):
+            raise self._missing(spec, 'class list')
+        names, wnids = read_image_level_classes(spec)
         if self.ann_file:
             if not osp.isfile(self.ann_file):
                 raise self._missing(self.ann_file, 'annotation list')
