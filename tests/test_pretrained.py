@@ -311,3 +311,17 @@ def test_converter_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'official_to_pretrained:' in err and 'Traceback' not in err
     assert not (tmp_path / 'o').exists()
+
+
+def test_nonfinite_weights_are_refused_when_saving_and_named_when_loading(tiny_cfg, tmp_path):
+    src = build_tiny(tiny_cfg)
+    with torch.no_grad():
+        src.neck.blocks[0].attn.qkv.weight[0, 0] = float('nan')
+    with pytest.raises(CheckpointError, match='NaN or Inf'):
+        save_pretrained(src, tmp_path / 'm', config=tiny_cfg)
+    assert not (tmp_path / 'm').exists()
+    save_pretrained(src, tmp_path / 'm', config=tiny_cfg, allow_nonfinite=True)
+    with pytest.raises(PretrainedFolderError, match='NaN or Inf.*allow_nonfinite=True'):
+        from_pretrained(tmp_path / 'm')
+    loaded = from_pretrained(tmp_path / 'm', allow_nonfinite=True).model
+    assert torch.isnan(loaded.neck.blocks[0].attn.qkv.weight[0, 0])

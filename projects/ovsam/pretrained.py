@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .checkpoint import CheckpointError, load_state_dict_strict
+from .checkpoint import CheckpointError, check_finite, load_state_dict_strict
 
 __all__ = ['CONFIG_FILE', 'FORMAT_VERSION', 'MANIFEST_FILE', 'PretrainedFolderError', 'PretrainedModel',
            'SavedVocabulary', 'VOCABULARY_FILE', 'WEIGHTS_FILE', 'as_config', 'from_pretrained', 'is_pretrained_folder',
@@ -247,8 +247,12 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, Tensor], Dict[str, str], str
 
 
 def load_weights(module: nn.Module, path: str, expected_sha256: Optional[str] = None,
-                 allow_nonfinite: bool = False) -> Dict[str, str]:
+                 allow_nonfinite: bool = False, known_finite: bool = False) -> Dict[str, str]:
     """Strictly load a safetensors file written by :func:`save_weights` into ``module``.
+
+    NaN / Inf weights are refused unless ``allow_nonfinite``; ``known_finite``
+    skips that scan for a file whose ``expected_sha256`` matched and whose
+    tensors were checked when it was written (:func:`save_pretrained`).
 
     Parameters still on the ``meta`` device (a model built by
     :func:`from_pretrained`) receive the file's tensors themselves
@@ -275,7 +279,8 @@ def load_weights(module: nn.Module, path: str, expected_sha256: Optional[str] = 
         sd[name] = sd[stored]
     on_meta = any(p.is_meta for p in module.parameters())
     with _quiet_meta_copy():
-        load_state_dict_strict(module, sd, repr(path), allow_nonfinite=allow_nonfinite)  # every check; copies
+        skip_scan = allow_nonfinite or (known_finite and expected_sha256 is not None)
+        load_state_dict_strict(module, sd, repr(path), allow_nonfinite=skip_scan)  # every other check; copies
     if on_meta:
         module.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
@@ -477,7 +482,7 @@ def _build(model_cfg) -> nn.Module:
 
 
 def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, overwrite: bool = False,
-                    metadata: Optional[Dict[str, Any]] = None) -> str:
+                    metadata: Optional[Dict[str, Any]] = None, allow_nonfinite: bool = False) -> str:
     """Write a model, its config and its vocabulary into one folder (see the module docstring).
 
     Args:
@@ -495,6 +500,10 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
         overwrite: replace an existing model folder (never a folder that holds
             other files of these names without a manifest, unless True).
         metadata: extra JSON-able information stored in the manifest.
+        allow_nonfinite: save weights holding NaN or Inf (a diverged run)
+            anyway; they are refused by default, here rather than at every load
+            (the manifest records that the weights were checked, and the
+            SHA-256 that they are still those weights).
     Returns:
         ``save_dir``.
     """
@@ -519,6 +528,13 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
     except CheckpointError as e:
         raise ValueError(f'the config does not describe this model ({e}); pass the config it was built from') \
             from None
+    finite = True
+    try:
+        check_finite(sd, 'the model being saved')
+    except CheckpointError:
+        if not allow_nonfinite:
+            raise
+        finite = False
     if metadata is not None:
         json.dumps(metadata)  # fails before anything is written
 
@@ -558,7 +574,7 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
                     torch_version=torch.__version__,
                     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                     model=dict(type=str(cfg.model.get('type')), num_tensors=info['num_tensors'],
-                               num_elements=info['num_elements'], aliases=info['aliases']),
+                               num_elements=info['num_elements'], aliases=info['aliases'], finite=finite),
                     vocabulary=vocab_info, files=files, metadata=metadata or {})
     atomic_save_json(osp.join(save_dir, MANIFEST_FILE), manifest, indent=1)
     if old is not None:  # files of the previous save that this one does not have
@@ -687,7 +703,12 @@ def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
         vocab = SavedVocabulary(list(names), emb, vinfo.get('base_classes'), vinfo.get('novel_classes'))
     model = _build(cfg.model)
     want = manifest['files'][WEIGHTS_FILE].get('sha256')
-    load_weights(model, osp.join(folder, WEIGHTS_FILE), expected_sha256=want, allow_nonfinite=allow_nonfinite)
+    finite = (manifest.get('model') or {}).get('finite')
+    if finite is False and not allow_nonfinite:
+        raise PretrainedFolderError(f'{folder!r} was saved with NaN or Inf weights (allow_nonfinite=True): a '
+                                    'diverged run; load it anyway with allow_nonfinite=True')
+    load_weights(model, osp.join(folder, WEIGHTS_FILE), expected_sha256=want, allow_nonfinite=allow_nonfinite,
+                 known_finite=finite is True)
     for m in model.modules():  # loaded: mmengine's init_weights must leave them alone
         if hasattr(m, '_is_init'):
             m._is_init = True
