@@ -218,3 +218,29 @@ def test_mixed_batch_masks_are_padded_per_sample(tiny_cfg):
     det = out['data_samples'][0].gt_instances
     assert 'masks' not in det and not det.has_mask.any() and not det.prompt_is_point.any()
     assert math.isclose(float(seg.prompt_is_point.float().mean()), 0.5)
+
+
+# ----------------------------------------------------------------- generated data
+def test_generated_cotraining_data_has_the_three_groups(tmp_path):
+    """shapes(cotrain=...): segmentation classes with masks in train/, box-only
+    classes only in the box set (no masks), image-level classes only as
+    single-object images; validation keeps every class with masks."""
+    import json
+    import os
+    from ovsam.datasets import SHAPE_CLASSES, generate_shapes_dataset
+    r = generate_shapes_dataset(str(tmp_path), num_train=12, num_val=6, sa1b=False, seed=4,
+                                cotrain=dict(box_only=['hexagon'], image_level=['star', 'heart'], num_boxes=12,
+                                             num_image_level=2))
+    groups = r['cotrain']
+    assert groups['box_only_classes'] == (7, ) and groups['image_level_classes'] == (3, 9)
+    ann = json.load(open(tmp_path / 'annotations' / 'instances_train.json'))
+    assert len(ann['categories']) == len(SHAPE_CLASSES)
+    assert {a['category_id'] - 1 for a in ann['annotations']} <= set(groups['segmentation_classes'])
+    boxes = json.load(open(tmp_path / 'annotations' / 'instances_boxes.json'))
+    cats = {a['category_id'] - 1 for a in boxes['annotations']}
+    assert 7 in cats and not cats & {3, 9}
+    assert not any('segmentation' in a for a in boxes['annotations'])
+    assert sorted(os.listdir(tmp_path / 'image_level')) == ['classes.txt', 'heart', 'star']
+    assert len(os.listdir(tmp_path / 'image_level' / 'star')) == 2
+    val = json.load(open(tmp_path / 'annotations' / 'instances_val.json'))
+    assert all('segmentation' in a for a in val['annotations'])

@@ -70,7 +70,7 @@ SHAPE_BASE_CLASSES = (0, 1, 2, 4, 5, 6, 7)
 SHAPE_NOVEL_CLASSES = (3, 8, 9)  # star, crescent, heart
 
 # Split ids feed the per-image seed; fixed so outputs never depend on order.
-_SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2}
+_SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2, 'boxes': 3, 'image_level': 4}
 
 # Object diameter range in pixels at 256 x 256; scaled with the image size.
 # The smallest object spans 2.5 cells of a 256-px SAM's 16-px embedding grid
@@ -489,13 +489,18 @@ def _dump_json(obj, path: str) -> None:
 
 
 def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names: List[str],
-                      seed: int, render_kw: Dict) -> Dict:
+                      seed: int, render_kw: Dict, draw: Optional[List[str]] = None, masks: bool = True) -> Dict:
+    """One COCO split. ``draw``: the classes drawn (default: all ``names``;
+    categories are always all ``names``); ``masks=False`` writes boxes and
+    labels only (detection data)."""
     img_dir = osp.join(out_dir, split)
     os.makedirs(img_dir, exist_ok=True)
     images, annotations = [], []
+    drawn = names if draw is None else list(draw)
     for i in range(num_images):
         image_id = i + 1
-        image, instances = render_scene(_image_rng(seed, split, i), names, **render_kw)
+        image, instances = render_scene(_image_rng(seed, split, i), drawn, **render_kw)
+        instances = [(names.index(drawn[cls]), mask) for cls, mask in instances]
         file_name = f'{image_id:012d}.{ext}'
         _write_image(osp.join(img_dir, file_name), image)
         h, w = image.shape[:2]
@@ -510,6 +515,8 @@ def _write_coco_split(out_dir: str, split: str, ext: str, num_images: int, names
                 'bbox': _bbox_xywh(mask),
                 'iscrowd': 0,
             })
+            if not masks:
+                del annotations[-1]['segmentation']
     novel = {_shape_key(SHAPE_CLASSES[i]) for i in SHAPE_NOVEL_CLASSES}
     categories = [{'id': k + 1, 'name': n, 'supercategory': 'shape',
                    'split': 'novel' if _shape_key(n) in novel else 'base'}
@@ -576,6 +583,58 @@ def _write_sa1b(out_dir: str, num_images: int, names: List[str], seed: int,
             'num_masks': len(coco_anns)}
 
 
+def _write_image_level(out_dir: str, per_class: int, names: List[str], seed: int, render_kw: Dict) -> Dict:
+    """Image-level data in class folders (the ImageNet layout):
+    ``image_level/<outline>/<k>.jpg``, one object per image, no annotation but
+    the folder; ``image_level/classes.txt`` names the folders' classes (sorted
+    folder order, synonyms kept)."""
+    root = osp.join(out_dir, 'image_level')
+    kw = dict(render_kw, min_objects=1, max_objects=1)
+    folders = sorted((_shape_key(n), n) for n in names)
+    count = 0
+    for key, name in folders:
+        os.makedirs(osp.join(root, key), exist_ok=True)
+        k = 0
+        while k < per_class:
+            image, instances = render_scene(_image_rng(seed, 'image_level', count), [name], **kw)
+            count += 1
+            if instances:  # the one object was placed and stayed visible
+                _write_image(osp.join(root, key, f'{k:06d}.jpg'), image)
+                k += 1
+    classes_file = osp.join(root, 'classes.txt')
+    atomic_save_text(classes_file, ''.join(n + '\n' for _, n in folders))
+    return {'img_dir': root, 'classes_file': classes_file, 'num_images': per_class * len(folders)}
+
+
+def _write_cotrain_splits(out_dir: str, names: List[str], cotrain: Dict, num_train: int, seed: int,
+                          render_kw: Dict) -> Dict:
+    """The co-training variant (see ``generate_shapes_dataset(cotrain=...)``)."""
+    unknown = set(cotrain) - {'box_only', 'image_level', 'num_boxes', 'num_image_level'}
+    if unknown:
+        raise ValueError(f'cotrain: unknown keys {sorted(unknown)}; use box_only, image_level, num_boxes, '
+                         'num_image_level')
+    box_only = _resolve_classes(cotrain['box_only']) if cotrain.get('box_only') else []
+    image_level = _resolve_classes(cotrain.get('image_level')) if cotrain.get('image_level') else []
+    for group in (box_only, image_level):
+        missing = [n for n in group if n not in names]
+        if missing:
+            raise ValueError(f'cotrain: classes {missing} are not among the generated classes {names}')
+    if set(box_only) & set(image_level):
+        raise ValueError('cotrain: a class cannot be both box-only and image-level-only')
+    seg = [n for n in names if n not in box_only and n not in image_level]
+    if not seg:
+        raise ValueError('cotrain: no class is left for the segmentation set')
+    num_boxes = int(cotrain.get('num_boxes', num_train))
+    per_class = int(cotrain.get('num_image_level', 50))
+    out = {'segmentation_classes': tuple(names.index(n) for n in seg),
+           'box_only_classes': tuple(names.index(n) for n in box_only),
+           'image_level_classes': tuple(names.index(n) for n in image_level)}
+    out['boxes'] = _write_coco_split(out_dir, 'boxes', 'jpg', num_boxes, names, seed, render_kw,
+                                     draw=seg + box_only, masks=False) if box_only else None
+    out['image_level'] = _write_image_level(out_dir, per_class, image_level, seed, render_kw) if image_level else None
+    return out
+
+
 def generator_setting(setting: Union[str, Dict]) -> Dict:
     """The render options of a named setting (``GENERATOR_SETTINGS``) or of a
     dict overriding ``'default'``."""
@@ -606,7 +665,8 @@ def generate_shapes_dataset(out_dir: str,
                             max_occlusion: float = 0.5,
                             colour_mode: str = 'class',
                             setting: Union[str, Dict] = 'default',
-                            sa1b_extra_shapes: bool = True) -> Dict:
+                            sa1b_extra_shapes: bool = True,
+                            cotrain: Optional[Dict] = None) -> Dict:
     """Write the synthetic shapes dataset (COCO train/val + SA-1B layout).
 
     Args:
@@ -621,6 +681,17 @@ def generate_shapes_dataset(out_dir: str,
             ``GENERATOR_SETTINGS`` or a dict overriding ``'default'``.
         sa1b_extra_shapes: the SA-1B split also draws ``EXTRA_SHAPES``,
             outlines outside the class list.
+        cotrain: data for co-training (None: off, outputs unchanged).
+            ``dict(box_only=[...], image_level=[...], num_boxes=N,
+            num_image_level=M)``: the training split (segmentation data)
+            draws only the other classes; ``boxes/`` +
+            ``annotations/instances_boxes.json`` hold ``num_boxes`` scenes of
+            the segmentation and box-only classes with boxes and labels but
+            no masks (detection data); ``image_level/<outline>/`` holds
+            ``num_image_level`` single-object images per image-level class,
+            with no box or mask (``image_level/classes.txt`` names them). The
+            validation split keeps every class with masks. Categories are
+            always all classes. Adds ``result['cotrain']``.
 
     Returns:
         ``{'out_dir', 'classes', 'base_classes', 'novel_classes', 'train',
@@ -640,10 +711,16 @@ def generate_shapes_dataset(out_dir: str,
                      colour_mode=colour_mode, **style)
     out_dir = osp.abspath(out_dir)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
+    groups = dict(cotrain or {})
+    only = set()
+    for key in ('box_only', 'image_level'):
+        if groups.get(key):
+            only |= set(_resolve_classes(groups[key]))
     result = {
         'out_dir': out_dir,
         'classes': tuple(names),
-        'train': _write_coco_split(out_dir, 'train', 'jpg', num_train, names, seed, render_kw),
+        'train': _write_coco_split(out_dir, 'train', 'jpg', num_train, names, seed, render_kw,
+                                   draw=[n for n in names if n not in only] if cotrain else None),
         'val': _write_coco_split(out_dir, 'val', 'png', num_val, names, seed, render_kw),
         'sa1b': None,
     }
@@ -652,6 +729,8 @@ def generate_shapes_dataset(out_dir: str,
         sa_names = names + [s for s in EXTRA_SHAPES if s not in {_shape_key(x) for x in names}] \
             if sa1b_extra_shapes else names
         result['sa1b'] = _write_sa1b(out_dir, n, sa_names, seed, render_kw)
+    if cotrain:
+        result['cotrain'] = _write_cotrain_splits(out_dir, names, groups, num_train, seed, render_kw)
     novel_keys = {_shape_key(SHAPE_CLASSES[i]) for i in SHAPE_NOVEL_CLASSES}
     keys = [_shape_key(n) for n in names]
     result['novel_classes'] = tuple(i for i, k in enumerate(keys) if k in novel_keys)
