@@ -93,24 +93,44 @@ def _scene(size, seed, crop):
     return img, np.array(boxes, np.float32), points, labels
 
 
-def _torch_predictor():
+def _torch_predictor(export_to=None):
+    """The tiny model with a class split in an OVSAMPredictor; exported first
+    (from its plain modules) to ``export_to`` if given."""
     from mmengine.config import Config
 
     from conftest import TINY_CFG
     from ovsam.apis import OVSAMPredictor
+    from ovsam.apis.onnx_export import export_deployment
     cfg = Config.fromfile(TINY_CFG)
     model = build_tiny(cfg, num_classes=6)
     model.set_class_split([0, 2], [1, 3, 4])  # class 5 excluded, 1 / 3 / 4 novel
-    return OVSAMPredictor(model, clip_model_cfg=cfg.model.backbone.model_cfg)
+    manifest = None if export_to is None else export_deployment(model, export_to)
+    return OVSAMPredictor(model, clip_model_cfg=cfg.model.backbone.model_cfg), manifest
 
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    from ovsam.apis.onnx_export import export_deployment
-    pred = _torch_predictor()
     out_dir = str(tmp_path_factory.mktemp('deploy'))
-    manifest = export_deployment(pred.model, out_dir)
+    pred, manifest = _torch_predictor(out_dir)
     return pred, out_dir, manifest
+
+
+def _calls(boxes, points, labels):
+    return dict(box=dict(box=boxes), points=dict(point_coords=points, point_labels=labels),
+                both=dict(box=boxes, point_coords=points[:, :1]))
+
+
+@pytest.fixture(scope='module')
+def refs(exported, runs):
+    """OVSAMPredictor's answers on the same scenes and prompts (image side run once per scene)."""
+    pred, _, _ = exported
+    out = []
+    for img, boxes, points, labels in runs[0]:
+        pred.set_image(img)
+        res = {kind: pred.predict(**kw) for kind, kw in _calls(boxes, points, labels).items()}
+        res['refine'] = pred.predict(point_coords=points[:, :1], mask_input=res['box'].low_res_logits)
+        out.append(res)
+    return out
 
 
 @pytest.fixture(scope='module')
@@ -145,13 +165,9 @@ def test_runtime_never_imported_torch_or_its_stack(runs):
 
 @pytest.mark.parametrize('i', [0, 1])
 @pytest.mark.parametrize('kind', ['box', 'points', 'both'])
-def test_runtime_matches_pytorch_predictor(exported, runs, i, kind):
-    pred, _, _ = exported
-    (img, boxes, points, labels), res = runs[0][i], runs[1]
-    kw = dict(box=dict(box=boxes), points=dict(point_coords=points, point_labels=labels),
-              both=dict(box=boxes, point_coords=points[:, :1]))[kind]
-    pred.set_image(img)
-    ref = pred.predict(**kw)
+def test_runtime_matches_pytorch_predictor(runs, refs, i, kind):
+    (img, boxes, _, _), res = runs[0][i], runs[1]
+    ref = refs[i][kind]
     got = {f: res[f'{i}_{kind}_{f}'] for f in ('masks', 'labels', 'class_probs', 'low_res_logits', 'mask_scores',
                                                'boxes', 'topk_labels')}
     assert got['masks'].shape == ref.masks.shape == (len(boxes), ) + img.shape[:2]
@@ -168,19 +184,15 @@ def test_runtime_matches_pytorch_predictor(exported, runs, i, kind):
 
 
 @pytest.mark.parametrize('i', [0, 1])
-def test_runtime_mask_refinement_matches(exported, runs, i):
-    pred, _, _ = exported
-    (img, boxes, points, _), res = runs[0][i], runs[1]
-    pred.set_image(img)
-    first = pred.predict(box=boxes)
-    ref = pred.predict(point_coords=points[:, :1], mask_input=first.low_res_logits)
+def test_runtime_mask_refinement_matches(runs, refs, i):
+    res, ref = runs[1], refs[i]['refine']
     assert _iou(res[f'{i}_refine_masks'], ref.masks).min() >= 0.99
     np.testing.assert_array_equal(res[f'{i}_refine_labels'], ref.labels)
 
 
 def test_runtime_vocabulary_subset_matches(runs):
     (img, boxes, _, _), res = runs[0][1], runs[1]
-    pred = _torch_predictor()  # the same weights; its vocabulary changes here
+    pred, _ = _torch_predictor()  # the same weights; its vocabulary changes here
     keep = [4, 1, 2]
     pred.set_vocabulary([pred.class_names[j] for j in keep], embeddings=pred.vocabulary_embeddings()[keep])
     pred.set_image(img)

@@ -28,18 +28,28 @@ def _taps(out_size: int, in_size: int, keep: int) -> Tuple[np.ndarray, np.ndarra
 
 
 def _resize(x: np.ndarray, out_hw: Tuple[int, int], keep_hw: Tuple[int, int]) -> np.ndarray:
-    """(C, h, w) -> (C, keep_h, keep_w): the top-left part of a bilinear resize to ``out_hw``."""
+    """(C, h, w) -> (C, keep_h, keep_w): the top-left part of a bilinear resize
+    to ``out_hw``; along x first, then y (PyTorch's order), in place where it can."""
     y0, y1, wy0, wy1 = _taps(out_hw[0], x.shape[1], keep_hw[0])
     x0, x1, wx0, wx1 = _taps(out_hw[1], x.shape[2], keep_hw[1])
-    rows = x[:, :, x0] * wx0 + x[:, :, x1] * wx1
-    return rows[:, y0] * wy0[:, None] + rows[:, y1] * wy1[:, None]
+    rows = np.take(x, x0, axis=2)
+    rows *= wx0
+    tmp = np.take(x, x1, axis=2)
+    tmp *= wx1
+    rows += tmp
+    out = rows[:, y0]
+    out *= wy0[:, None]
+    tmp = rows[:, y1]
+    tmp *= wy1[:, None]
+    out += tmp
+    return out
 
 
 def upscale_logits(low_res: np.ndarray, input_size: int, img_shape: Tuple[int, int],
                    ori_shape: Tuple[int, int]) -> np.ndarray:
     """(N, 4E, 4E) low-res logits -> (N, H, W) float32 logits at the original size."""
-    x = _resize(low_res.astype(np.float32), (input_size, input_size), tuple(img_shape))
-    return _resize(x, tuple(ori_shape), tuple(ori_shape)).astype(np.float32)
+    x = _resize(low_res.astype(np.float32, copy=False), (input_size, input_size), tuple(img_shape))
+    return _resize(x, tuple(ori_shape), tuple(ori_shape))
 
 
 def postprocess(low_res: np.ndarray, input_size: int, img_shape: Tuple[int, int], ori_shape: Tuple[int, int],
@@ -57,13 +67,19 @@ def postprocess(low_res: np.ndarray, input_size: int, img_shape: Tuple[int, int]
         full = upscale_logits(low_res[s:s + step, 0], input_size, img_shape, ori_shape)
         fg = full > 0
         masks[s:s + step] = fg
-        inter = (full > 1.0).sum((1, 2)).astype(np.float32)
-        union = (full > -1.0).sum((1, 2)).astype(np.float32)
-        with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+        # SAM's stability score: IoU of the masks thresholded at +1 and -1
+        inter = np.count_nonzero(full > 1.0, axis=(1, 2)).astype(np.float32)
+        union = np.count_nonzero(full > -1.0, axis=(1, 2)).astype(np.float32)
+        with np.errstate(invalid='ignore', divide='ignore'):
             stability[s:s + step] = np.nan_to_num(inter / union, nan=0.0)
-            prob = 1.0 / (1.0 + np.exp(-full))
-        count = fg.sum((1, 2))
-        confidence[s:s + step] = (prob * fg).sum((1, 2)) / np.maximum(count, 1)
+        prob = full.copy() if logits is not None else full
+        np.negative(prob, out=prob)
+        with np.errstate(over='ignore'):
+            np.exp(prob, out=prob)
+        prob += 1
+        np.reciprocal(prob, out=prob)  # sigmoid, in place
+        count = np.count_nonzero(fg, axis=(1, 2))
+        confidence[s:s + step] = np.sum(prob, axis=(1, 2), where=fg) / np.maximum(count, 1)
         if logits is not None:
             logits[s:s + step] = full
     out = dict(masks=masks, stability=stability, confidence=confidence)

@@ -277,7 +277,7 @@ class OVSAMOnnxPredictor:
                      mask_input=(np.zeros((n, 1) + self.mask_input_size, np.float32)
                                  if p.mask_input is None else p.mask_input),
                      has_mask_input=np.array([0.0 if p.mask_input is None else 1.0], np.float32),
-                     **vocab.feeds())
+                     **vocab.feeds)
         low_res, scores_log, boxes = self.prompt_session.run(layout.PROMPT_OUTPUTS, feeds)
         probs = _softmax(scores_log)[:, :-1]
         labels = probs.argmax(1)

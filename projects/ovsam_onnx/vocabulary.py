@@ -7,6 +7,7 @@ pick a subset of it here, or pass embeddings computed elsewhere (e.g.
 ``ovsam.vocabulary.TextEncoder(...).encode(names).numpy()``).
 """
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -59,8 +60,9 @@ class Vocabulary:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @cached_property
     def feeds(self) -> dict:
-        """The prompt decoder's vocabulary inputs."""
+        """The prompt decoder's vocabulary inputs (made once per vocabulary)."""
         return dict(class_embed=classifier_embed(self.embeddings),
                     class_seen=np.concatenate([self.seen, [True]]).astype(bool),
                     class_allowed=self.allowed.astype(bool))
