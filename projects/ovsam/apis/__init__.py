@@ -8,13 +8,14 @@ helpers live in :mod:`ovsam.apis.onnx_export` (imported on demand: they need
 from ..vocabulary import builtin_class_names, match_class, resolve_vocabulary
 from .annotate import annotate_images
 from .automatic import OVSAMAutomaticMaskGenerator
+from .inferencer import OVSAMInferencer
 from .inputs import image_to_rgb
 from .predictor import (ImageState, OVSAMPrediction, OVSAMPredictor, PromptError, VocabularyState,
                         default_tiny_config)
 from .visualization import draw_predictions
 
 __all__ = [
-    'ImageState', 'OVSAMAutomaticMaskGenerator', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError', 'VocabularyState',
-    'annotate_images', 'builtin_class_names', 'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class',
+    'ImageState', 'OVSAMAutomaticMaskGenerator', 'OVSAMInferencer', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError',
+    'VocabularyState', 'annotate_images', 'builtin_class_names', 'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class',
     'resolve_vocabulary'
 ]
