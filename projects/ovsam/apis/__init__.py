@@ -16,6 +16,6 @@ from .visualization import draw_predictions
 
 __all__ = [
     'ImageState', 'OVSAMAutomaticMaskGenerator', 'OVSAMInferencer', 'OVSAMPrediction', 'OVSAMPredictor', 'PromptError',
-    'VocabularyState', 'annotate_images', 'builtin_class_names', 'default_tiny_config', 'draw_predictions', 'image_to_rgb', 'match_class',
-    'resolve_vocabulary'
+    'VocabularyState', 'annotate_images', 'builtin_class_names', 'default_tiny_config', 'draw_predictions',
+    'image_to_rgb', 'match_class', 'resolve_vocabulary'
 ]
