@@ -354,7 +354,8 @@ class OVSAMInferencer(BaseInferencer):
             flat_lab = np.ones(len(flat_pts)) if labels is None else np.asarray(labels).reshape(-1)
         return _Result(item, 'prompts', out.masks, out.boxes.astype(np.float32), out.labels, out.scores,
                        out.class_names, out.mask_scores,
-                       [[(c, float(s)) for c, s in zip(names, sc)] for names, sc in zip(out.topk_names, out.topk_scores)],
+                       [[(c, float(s)) for c, s in zip(names, sc)]
+                        for names, sc in zip(out.topk_names, out.topk_scores)],
                        points=flat_pts, point_labels=flat_lab)
 
     # ------------------------------------------------------------ outputs
