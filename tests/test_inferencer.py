@@ -190,3 +190,30 @@ def test_bad_inputs_are_named(inferencer, images, tmp_path):
         inferencer(str(images / 'scene0.png'), colour='red')
     with pytest.raises(ValueError, match='batch_size'):
         inferencer(str(images / 'scene0.png'), batch_size=0)
+
+
+def _tool():
+    import importlib.util
+    import os.path as osp
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location('ovsam_infer_tool', osp.join(root, 'tools', 'infer.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_writes_vis_and_preds_like_mmdet_demo(predictor, images, tmp_path, capsys):
+    from ovsam.pretrained import save_pretrained
+    save_pretrained(predictor, tmp_path / 'model', config='ovsam_tiny')
+    out = tmp_path / 'out'
+    tool = _tool()
+    assert tool.main([str(images), str(tmp_path / 'model'), '--boxes', '10,10,60,70', '--out-dir', str(out),
+                      '--batch-size', '2']) == 0
+    assert '3 images, 3 masks' in capsys.readouterr().out
+    assert len(os.listdir(out / 'vis')) == 3 and len(os.listdir(out / 'preds')) == 3  # preds saved by default
+    rec = json.loads((out / 'preds' / 'scene2.json').read_text())
+    assert _decode(rec['masks'][0]).shape == (80, 80)
+    assert tool.main([str(images), str(tmp_path / 'model'), '--boxes', '10,10,60']) == 1
+    assert 'a box is x1,y1,x2,y2' in capsys.readouterr().err
+    assert tool.main([str(tmp_path / 'nothing'), str(tmp_path / 'model')]) == 1
+    assert 'no such image file or folder' in capsys.readouterr().err
