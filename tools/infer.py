@@ -21,7 +21,8 @@ import sys
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('inputs', nargs='+', help='image files and/or folders')
     p.add_argument('model', help='a model folder, a shipped config name (ovsam_coco) or a config file')
     p.add_argument('--weights', help='checkpoint for a config')
