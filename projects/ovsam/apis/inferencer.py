@@ -33,6 +33,10 @@ Example::
     result = inferencer('photos/', out_dir='outputs', no_save_pred=False, batch_size=2)
     result = inferencer(image_array, prompts=dict(boxes=[[10, 20, 200, 240]]), return_vis=True)
 
+Everything and text prompts segment the predictor's current image, so a
+predictor handed to the inferencer is left with the last such image as its
+current one (``restore_image_state`` sets it back).
+
 As in ``DetInferencer``, predictions are written only with ``no_save_pred=False``
 (its default is True) and drawings whenever ``out_dir`` is given
 (``no_save_vis=True`` turns them off). Unlike it, ``pred_score_thr`` defaults to
