@@ -183,6 +183,7 @@ def test_build_vocabulary_tool_resumes_and_writes_a_flat_table(tmp_path, capsys)
     out = torch.load(tmp_path / 'out.pth', weights_only=True)
     assert torch.equal(ref['synonym_embeddings'], out['synonym_embeddings'])
     assert out['synonym_class'].tolist() == [0, 1, 2, 3, 4, 0, 2, 4]
+    assert out['class_names'].split('\n') == joint.class_names
     table, names = load_text_embeddings(str(tmp_path / 'out.pth'), layout='table')
     assert names == joint.class_names and table.max_synonyms == 2
     clf = TextClassifier(vocabulary=str(tmp_path / 'out.pth'), num_classes=5)

@@ -47,12 +47,13 @@ class TextClassifier(nn.Module):
     are data, not weights, and are swapped whole, e.g. by the predictor):
 
     - padded: (D, K + 1, P), background last;
-    - flat: (D + 1, R + 1): column r is a unit-norm synonym embedding (rows
-      0..D-1) and its class index (row D; exact in float32 below 2**24
-      classes). Columns 0..K-1 are the classes' first synonyms in class order,
-      then the other synonyms, and the last column is the background (zero,
-      class K). Logits take the first-synonym columns and raise them by the
-      other synonyms (a scatter max): no padding is stored or multiplied.
+    - flat: (R + 1, D + 1): row r is a unit-norm synonym embedding followed by
+      its class index (exact in float32 below 2**24 classes). Rows 0..K-1 are
+      the classes' first synonyms in class order, then the other synonyms,
+      and the last row is the background (zero, class K). Logits take the
+      first-synonym rows and raise them by the other synonyms (a scatter
+      max): no padding is stored or multiplied, and the row-major table is
+      read once per batch of prompts (the cost of one prompt is reading it).
     """
 
     def __init__(self,
@@ -79,7 +80,7 @@ class TextClassifier(nn.Module):
     # ------------------------------------------------------------ layout
     @staticmethod
     def is_flat(cls_embed: Tensor) -> bool:
-        """Whether a ``cls_embed`` buffer is the flat (D + 1, R + 1) layout."""
+        """Whether a ``cls_embed`` buffer is the flat (R + 1, D + 1) layout."""
         return cls_embed.dim() == 2
 
     @staticmethod
@@ -92,23 +93,42 @@ class TextClassifier(nn.Module):
     @staticmethod
     def buffer_dim(cls_embed: Tensor) -> int:
         """D, the text-embedding width of a ``cls_embed`` buffer."""
-        return cls_embed.shape[0] - 1 if cls_embed.dim() == 2 else cls_embed.shape[0]
+        return cls_embed.shape[1] - 1 if cls_embed.dim() == 2 else cls_embed.shape[0]
 
     @staticmethod
     def buffer_table(cls_embed: Tensor) -> SynonymTable:
-        """The vocabulary of a ``cls_embed`` buffer as a :class:`SynonymTable` (background dropped)."""
+        """The vocabulary of a ``cls_embed`` buffer as a :class:`SynonymTable`
+        (unit-norm rows, background dropped; a CPU copy)."""
         if cls_embed.dim() == 2:
-            rows = cls_embed[:-1, :-1].t().detach().cpu()
-            return SynonymTable(rows.contiguous(), cls_embed[-1, :-1].detach().cpu().long(),
+            rows = cls_embed[:-1].detach().cpu()
+            return SynonymTable(rows[:, :-1].contiguous(), rows[:, -1].long(),
                                 TextClassifier.buffer_num_classes(cls_embed))
         return SynonymTable.from_padded(cls_embed.permute(1, 2, 0)[:-1].detach().cpu())
 
     @staticmethod
     def buffer_embeddings(cls_embed: Tensor) -> Tensor:
-        """(K, P, D) padded text embeddings of a ``cls_embed`` buffer (a CPU copy)."""
+        """(K, P, D) padded unit-norm text embeddings of a ``cls_embed`` buffer (a CPU copy)."""
         if cls_embed.dim() == 2:
             return TextClassifier.buffer_table(cls_embed).to_padded()
         return cls_embed.permute(1, 2, 0)[:-1].detach().cpu().clone()
+
+    @staticmethod
+    def check_buffer(cls_embed, dim: int, num_classes: int) -> Optional[str]:
+        """Why ``cls_embed`` is not a vocabulary buffer of ``num_classes``
+        classes at width ``dim`` (in either layout), or None when it is one."""
+        if not isinstance(cls_embed, Tensor) or not cls_embed.is_floating_point() or cls_embed.dim() not in (2, 3):
+            shape = tuple(cls_embed.shape) if isinstance(cls_embed, Tensor) else type(cls_embed).__name__
+            return (f'a vocabulary buffer is a float tensor, (D, K + 1, synonyms) padded or (rows + 1, D + 1) '
+                    f'flat; got {shape}')
+        if 0 in cls_embed.shape:
+            return f'the vocabulary buffer of shape {tuple(cls_embed.shape)} is empty'
+        got_dim, got_k = TextClassifier.buffer_dim(cls_embed), TextClassifier.buffer_num_classes(cls_embed)
+        if got_dim != dim or got_k != num_classes:
+            return (f'the vocabulary buffer holds {got_k} classes at width {got_dim}, expected {num_classes} '
+                    f'classes at width {dim}')
+        if not bool(torch.isfinite(cls_embed).all()):
+            return 'the vocabulary buffer holds NaN or Inf'
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -133,8 +153,7 @@ class TextClassifier(nn.Module):
                 raise ValueError(f'text embeddings must have shape (classes>0, synonyms, dim), '
                                  f'got {tuple(embeddings.shape)}')
             table, padded = None, embeddings
-        values = table.embeddings if table is not None else padded
-        if not torch.isfinite(values).all():
+        if padded is not None and not torch.isfinite(padded).all():
             raise ValueError('text embeddings contain NaN or Inf')
         k = table.num_classes if table is not None else padded.shape[0]
         if class_names is not None and len(class_names) != k:
@@ -158,13 +177,20 @@ class TextClassifier(nn.Module):
 
     @staticmethod
     def _flat_buffer(table: SynonymTable) -> Tensor:
+        """The flat (R + 1, D + 1) buffer of a table: two passes over its rows
+        (norms, then the normalised copy), NaN / Inf found from the norms."""
         k, (r, d) = table.num_classes, table.embeddings.shape
         if k >= 2**24:
             raise ValueError(f'{k} classes: the flat layout stores class indices exactly below 2**24')
-        buf = torch.zeros(d + 1, r + 1)
-        buf[:d, :r] = F.normalize(table.embeddings.float(), dim=-1).t()
-        buf[d, :r] = table.class_index.float()
-        buf[d, r] = k  # background column: zero embedding, class K
+        emb = table.embeddings.float()
+        norms = torch.linalg.vector_norm(emb, dim=1)
+        if not bool(torch.isfinite(norms).all()):
+            raise ValueError('text embeddings contain NaN or Inf')
+        buf = torch.empty(r + 1, d + 1)
+        torch.div(emb, norms.clamp_min(1e-12)[:, None], out=buf[:r, :d])
+        buf[:r, d] = table.class_index.float()
+        buf[r, :d] = 0  # background: zero embedding, class K
+        buf[r, d] = k
         return buf
 
     def forward(self, embed: Tensor) -> Tensor:
@@ -186,11 +212,11 @@ class TextClassifier(nn.Module):
     @staticmethod
     def _flat_cosine(x: Tensor, buf: Tensor, k: int) -> Tensor:
         """(N, D) unit vectors -> (N, K + 1) max cosine per class over a flat buffer."""
-        d = buf.shape[0] - 1
-        sims = x @ buf[:d].to(x.dtype)  # (N, R + 1)
+        d = buf.shape[1] - 1
+        sims = F.linear(x, buf[:, :d].to(x.dtype))  # (N, R + 1), one read of the table
         out = torch.cat([sims[:, :k], sims[:, -1:]], dim=1)  # first synonyms + background
         extra = sims[:, k:-1]
         if extra.shape[1]:
-            index = buf[d, k:-1].long().expand(x.shape[0], -1)
+            index = buf[k:-1, d].long().expand(x.shape[0], -1)
             out = out.scatter_reduce(1, index, extra, reduce='amax', include_self=True)
         return out

@@ -21,9 +21,9 @@ from .names import (BUILTIN_VOCABULARIES, MAKE_COMMAND, Vocabulary, builtin_clas
                     short_name, split_synonyms, vocabulary_hash)
 
 __all__ = [
-    'BUILTIN_VOCABULARIES', 'JointVocabulary', 'MAKE_COMMAND', 'SourceClasses', 'source_classes', 'NO_TEXT_WEIGHTS', 'TextEncoder', 'VILD_TEMPLATES', 'Vocabulary',
-    'build_text_model', 'builtin_class_names', 'check_class_names', 'class_key', 'embed_synonyms',
-    'encode_class_names', 'is_builtin', 'load_text_embeddings', 'match_class', 'pad_synonyms',
-    'parse_class_lines', 'read_class_file', 'resolve_vocabulary', 'save_text_embeddings', 'short_name',
-    'split_synonyms', 'vocabulary_hash', 'SynonymTable'
+    'BUILTIN_VOCABULARIES', 'JointVocabulary', 'MAKE_COMMAND', 'NO_TEXT_WEIGHTS', 'SourceClasses', 'SynonymTable',
+    'TextEncoder', 'VILD_TEMPLATES', 'Vocabulary', 'build_text_model', 'builtin_class_names', 'check_class_names',
+    'class_key', 'embed_synonyms', 'encode_class_names', 'is_builtin', 'load_text_embeddings', 'match_class',
+    'pad_synonyms', 'parse_class_lines', 'read_class_file', 'resolve_vocabulary', 'save_text_embeddings',
+    'short_name', 'source_classes', 'split_synonyms', 'vocabulary_hash'
 ]

@@ -21,6 +21,7 @@ class name even when a file called ``cat`` sits in the working folder.
 """
 import json
 import os
+import re
 import unicodedata
 import os.path as osp
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ def split_synonyms(class_name: str) -> List[str]:
 
 def _fold(synonym: str) -> str:
     """A synonym as compared: NFKC form, case-folded, spaces collapsed."""
+    if synonym.isascii():  # NFKC leaves ASCII as it is (fast path for large vocabularies)
+        return ' '.join(synonym.casefold().split())
     return ' '.join(unicodedata.normalize('NFKC', synonym).casefold().split())
 
 
@@ -62,11 +65,17 @@ def class_key(class_name: str) -> Tuple[str, ...]:
 
 def _invisible(name: str) -> Optional[str]:
     """The first invisible format character or unpaired surrogate in ``name``."""
+    if name.isascii():  # no format characters or surrogates in ASCII
+        return None
     for c in name:
         cat = unicodedata.category(c)
         if cat in ('Cf', 'Cs'):
             return c
     return None
+
+
+_LINE_BREAK = re.compile('[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]')
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f]')
 
 
 def check_class_names(names: Sequence[str]) -> List[str]:
@@ -103,12 +112,12 @@ def check_class_names(names: Sequence[str]) -> List[str]:
         raise TypeError(f'class names must be strings (no str() conversion is done): {shown}'
                         f'{" ..." if len(bad) > 5 else ""}. Give every class name as text')
     for i, n in enumerate(names):
-        if any(c in n for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'):
+        if _LINE_BREAK.search(n):
             raise ValueError(f'class {i} ({n!r}) contains a line break: give one class per item (a text with '
                              'one class per line is a vocabulary spec: resolve_vocabulary)')
-        ctrl = [c for c in n if ord(c) < 32 or 127 <= ord(c) < 160]
+        ctrl = _CONTROL.search(n)
         if ctrl:
-            raise ValueError(f'class {i} ({n!r}) contains the control character {ctrl[0]!r}; remove it')
+            raise ValueError(f'class {i} ({n!r}) contains the control character {ctrl.group()!r}; remove it')
         bad = _invisible(n)
         if bad is not None:
             what = 'an unpaired surrogate' if unicodedata.category(bad) == 'Cs' else 'the invisible character'
