@@ -244,3 +244,50 @@ def test_generated_cotraining_data_has_the_three_groups(tmp_path):
     assert len(os.listdir(tmp_path / 'image_level' / 'star')) == 2
     val = json.load(open(tmp_path / 'annotations' / 'instances_val.json'))
     assert all('segmentation' in a for a in val['annotations'])
+
+
+@pytest.mark.slow
+def test_tiny_cotraining_config_trains(tmp_path):
+    """configs/tiny/clip2sam_tiny_600it_shapes-cotrain.py end to end for 3
+    iterations (random weights): three sources, joint vocabulary, multi-source
+    batches, finite losses with mask losses from the segmentation scenes."""
+    import os.path as osp
+    import subprocess
+    import sys
+    from mmengine.config import Config
+    from conftest import ROOT
+    from ovsam.datasets import generate_shapes_dataset
+    from ovsam.vocabulary.joint import JointVocabulary
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_600it_shapes-cotrain.py'))
+    data = tmp_path / 'data'
+    generate_shapes_dataset(str(data), num_train=6, num_val=2, sa1b=False, seed=1,
+                            cotrain=dict(box_only=list(cfg.box_only_classes),
+                                         image_level=list(cfg.image_level_classes), num_boxes=4, num_image_level=2))
+    joint = JointVocabulary.build({'segmentation': str(data / 'annotations' / 'instances_train.json'),
+                                   'detection': str(data / 'annotations' / 'instances_boxes.json'),
+                                   'image_level': str(data / 'image_level' / 'classes.txt')})
+    assert joint.num_classes == 10
+    joint.save(str(data / 'joint_vocabulary.json'))
+    g = torch.Generator().manual_seed(0)
+    from ovsam.vocabulary import save_text_embeddings
+    save_text_embeddings(str(data / 'joint_vocabulary.pth'), torch.randn(10, 1, 64, generator=g), joint.class_names)
+    text = open(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_600it_shapes-cotrain.py')).read()
+    text = text.replace("_base_ = ['./", f"_base_ = ['{osp.join(ROOT, 'configs', 'tiny')}/")
+    text = text.replace("data_root = 'data/shapes_cotrain/'", f"data_root = '{data}/'")
+    text += '''
+model = dict(backbone=dict(init_cfg=None), neck=dict(init_cfg=None), prompt_encoder=dict(sam_checkpoint=None),
+             mask_decoder=dict(sam_checkpoint=None, num_points=64, classifier=dict(vocabulary=vocabulary)))
+train_cfg = dict(max_iters=3, val_begin=4)
+param_scheduler = []
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=3))
+'''
+    path = tmp_path / 'cotrain.py'
+    path.write_text(text)
+    r = subprocess.run([sys.executable, 'tools/train.py', str(path), '--work-dir', str(tmp_path / 'wd')], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(__import__('os').environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    import re
+    masks = [float(v) for v in re.findall(r'loss_mask: ([0-9.]+)', log)]
+    assert len(masks) == 3 and all(v > 0 for v in masks), log[-2000:]
