@@ -466,6 +466,17 @@ def _model_and_vocabulary(obj: Any) -> Tuple[nn.Module, Optional[SavedVocabulary
     return model, SavedVocabulary(names, emb, split['base_classes'], split['novel_classes'])
 
 
+def _check_finite_fast(sd: Mapping[str, Tensor], source: str) -> None:
+    """:func:`ovsam.checkpoint.check_finite`'s verdict at a tenth of its cost: a
+    tensor whose sum is finite holds no NaN or Inf (a sum is one fast reduction,
+    ``isfinite`` a boolean copy), so only the others are scanned."""
+    import math
+    suspects = {k: v for k, v in sd.items()
+                if v.is_floating_point() and not v.is_meta and not math.isfinite(float(v.sum()))}
+    if suspects:
+        check_finite(suspects, source)
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -530,7 +541,7 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
             from None
     finite = True
     try:
-        check_finite(sd, 'the model being saved')
+        _check_finite_fast(sd, 'the model being saved')
     except CheckpointError:
         if not allow_nonfinite:
             raise
