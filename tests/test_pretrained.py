@@ -83,6 +83,17 @@ def test_round_trip_gives_identical_outputs(tiny_predictor, saved):
     assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
+def test_predictor_subclass_and_apis_export(saved):
+    from ovsam.apis import OVSAMPredictor
+    from ovsam.apis import predictor_from_pretrained as exported
+
+    class MyPredictor(OVSAMPredictor):
+        pass
+
+    pred = exported(saved, predictor_cls=MyPredictor, fast=False)
+    assert type(pred) is MyPredictor and pred.class_names == ['disc', 'bee,wasp', 'cup,mug', 'star']
+
+
 def test_from_pretrained_returns_model_vocabulary_config(saved, tiny_predictor):
     model, vocab, cfg, manifest = from_pretrained(saved)
     assert not model.training and model.cfg is cfg

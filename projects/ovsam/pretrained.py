@@ -730,13 +730,15 @@ def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
     return PretrainedModel(model.to(device).eval(), vocab, cfg, manifest)
 
 
-def predictor_from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu', **kwargs):
+def predictor_from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu', predictor_cls: Any = None,
+                              **kwargs):
     """An :class:`~ovsam.apis.OVSAMPredictor` of the model saved in ``folder``, with
     its saved vocabulary. ``kwargs`` go to the predictor (``clip_checkpoint=``
-    to embed new class names with the real text tower, ``fast=``, ...)."""
+    to embed new class names with the real text tower, ``fast=``, ...);
+    ``predictor_cls``: a predictor subclass to build (for a classmethod)."""
     from .apis.predictor import OVSAMPredictor
     loaded = from_pretrained(folder, device=device)
     bb = loaded.config.model.backbone
     kwargs.setdefault('clip_model', bb.get('model_name', 'RN50x16'))
     kwargs.setdefault('clip_model_cfg', bb.get('model_cfg'))
-    return OVSAMPredictor(loaded.model, device=device, **kwargs)
+    return (predictor_cls or OVSAMPredictor)(loaded.model, device=device, **kwargs)
