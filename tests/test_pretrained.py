@@ -270,9 +270,8 @@ def test_no_vocabulary_model(tiny_cfg, tmp_path):
 
 
 # ------------------------------------------------------------------ the converter
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        'official_to_pretrained', osp.join(ROOT, 'tools', 'model_converters', 'official_to_pretrained.py'))
+def _converter(name='official_to_pretrained'):
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', 'model_converters', f'{name}.py'))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -336,3 +335,30 @@ def test_nonfinite_weights_are_refused_when_saving_and_named_when_loading(tiny_c
         from_pretrained(tmp_path / 'm')
     loaded = from_pretrained(tmp_path / 'm', allow_nonfinite=True).model
     assert torch.isnan(loaded.neck.blocks[0].attn.qkv.weight[0, 0])
+
+
+def test_trained_checkpoint_converts_to_one_folder(tiny_cfg, tmp_path, capsys):
+    from ovsam.vocabulary import save_text_embeddings
+    src = build_tiny(tiny_cfg, seed=6)
+    src.set_class_split([1, 2])
+    torch.save(dict(state_dict=src.state_dict(), meta=dict(epoch=12)), tmp_path / 'epoch_12.pth')
+    emb = src.mask_decoder.classifier.cls_embed.permute(1, 2, 0)[:-1].clone()
+    save_text_embeddings(str(tmp_path / 'vocab.pth'), emb, ['a', 'b', 'c', 'd', 'e'])
+    cfg = tiny_cfg.copy()
+    cfg.model = dict(tiny_cfg.model, base_classes=[1, 2])
+    conv = _converter('checkpoint_to_pretrained')
+    cfg_path = tmp_path / 'cfg.py'
+    cfg_path.write_text(cfg.pretty_text)
+    argv = [str(cfg_path), str(tmp_path / 'epoch_12.pth'), str(tmp_path / 'out'), '--vocabulary',
+            str(tmp_path / 'vocab.pth')]
+    assert conv.main(argv) == 0 and 'wrote' in capsys.readouterr().out
+    loaded = from_pretrained(tmp_path / 'out')
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in src.state_dict().items())
+    assert loaded.vocabulary.class_names == ['a', 'b', 'c', 'd', 'e'] and loaded.vocabulary.base_classes == [1, 2]
+    sd = src.state_dict()
+    sd.pop('pe.no_mask_embed.weight')
+    torch.save(sd, tmp_path / 'partial.pth')
+    argv[1], argv[2] = str(tmp_path / 'partial.pth'), str(tmp_path / 'out2')
+    assert conv.main(argv) == 1
+    assert 'missing keys: pe.no_mask_embed.weight' in capsys.readouterr().err
+    assert not (tmp_path / 'out2').exists()
