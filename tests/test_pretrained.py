@@ -362,3 +362,16 @@ def test_trained_checkpoint_converts_to_one_folder(tiny_cfg, tmp_path, capsys):
     assert conv.main(argv) == 1
     assert 'missing keys: pe.no_mask_embed.weight' in capsys.readouterr().err
     assert not (tmp_path / 'out2').exists()
+
+
+def test_without_sam_the_release_clip2sam_file_holds_the_whole_prompt_encoder():
+    """The converter's --sam none path reads pe.* of the CLIP2SAM release: checked on its
+    published layout against the real-size model, built on the meta device."""
+    from conftest import REAL_CFG, REFERENCE
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    layout = json.loads(open(osp.join(REFERENCE, 'clip2sam_coco_rn50x16.json')).read())['state_dict']
+    pe = {k[3:]: v['shape'] for k, v in layout.items() if k.startswith('pe.')}
+    with parameters_on_meta():
+        model = MODELS.build(Config.fromfile(REAL_CFG).model)
+    assert pe == {k: list(v.shape) for k, v in model.pe.state_dict().items()}
