@@ -312,7 +312,15 @@ def test_runtime_bad_inputs_in_process(exported, tmp_path):
         p.set_vocabulary(['zebra'])
     with pytest.raises(ValueError, match='width 3 but this model needs 64'):
         p.set_vocabulary(['zebra'], embeddings=np.ones((1, 3)))
+    exported_vocab = p.vocabulary
     p.set_vocabulary(['zebra', 'okapi'], embeddings=np.random.default_rng(0).normal(size=(2, 64)))
     assert p.predict(box=[0, 0, 5, 5]).class_probs.shape == (1, 2)
+    # pinned image and vocabulary answer for themselves, not for the current ones
+    state = p.compute_image_state(np.full((30, 20), 200, np.uint8))
+    pinned = p.predict(box=[0, 0, 5, 5], image_state=state, vocabulary=exported_vocab)
+    assert pinned.masks.shape == (1, 30, 20) and pinned.class_probs.shape == (1, 6)
+    assert p.original_size == (40, 50)
+    with pytest.raises(TypeError, match='image_state must be an OnnxImageState'):
+        p.predict(box=[0, 0, 5, 5], image_state='x')
     p.set_vocabulary()
     assert p.class_names == manifest['class_names']

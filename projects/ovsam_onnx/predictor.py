@@ -251,9 +251,13 @@ class OVSAMOnnxPredictor:
                 mask_input: Optional[Any] = None,
                 multimask_output: bool = False,
                 top_k: Optional[int] = 5,
-                return_logits: bool = False) -> OnnxPrediction:
+                return_logits: bool = False,
+                image_state: Optional[OnnxImageState] = None,
+                vocabulary: Optional[Vocabulary] = None) -> OnnxPrediction:
         """Masks and classes for prompts in ORIGINAL image pixels (the arguments
         of ``OVSAMPredictor.predict``; :mod:`ovsam_onnx.prompts` for the rules).
+        ``image_state`` / ``vocabulary`` pin the image (:meth:`compute_image_state`)
+        and the vocabulary (:attr:`vocabulary`); default: the current ones.
 
         Raises:
             RuntimeError: no image set.
@@ -264,7 +268,15 @@ class OVSAMOnnxPredictor:
             raise ValueError('OV-SAM predicts one mask per prompt (its decoder has a single mask token); '
                              'use multimask_output=False')
         return_logits = _flag(return_logits, 'return_logits')
-        st, vocab = self.image_state, self._vocab
+        st = self.image_state if image_state is None else image_state
+        vocab = self._vocab if vocabulary is None else vocabulary
+        if not isinstance(st, OnnxImageState) or st.meta.get('input_size') != self.input_size:
+            raise TypeError(f'image_state must be an OnnxImageState of this predictor (compute_image_state), got '
+                            f'{type(st).__name__}')
+        dim = self.exported_vocabulary.embeddings.shape[-1]
+        if not isinstance(vocab, Vocabulary) or vocab.embeddings.shape[-1] != dim:
+            raise TypeError(f'vocabulary must be a Vocabulary of this predictor (its .vocabulary), got '
+                            f'{type(vocab).__name__}')
         k = _top_k(top_k, vocab.num_classes)
         p = check_prompts(point_coords, point_labels, box, mask_input, st.meta['ori_shape'], self.mask_input_size)
         sx, sy = st.meta['scale_factor']
