@@ -189,3 +189,23 @@ def test_automatic_generator_with_the_flat_layout(cfg, vocab_26k):
     p.set_image(_image())
     assert p.model.mask_decoder.classifier.flat
     OVSAMAutomaticMaskGenerator(p, points_per_side=2, stability_score_thresh=0.0).generate()
+
+
+def test_benchmark_script_runs_small(tmp_path):
+    """tools/analysis/benchmark_vocabulary.py end to end at a small size (figures, not timings)."""
+    import importlib.util
+    import json
+    import os
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('benchmark_vocabulary', os.path.join(
+        ROOT, 'tools', 'analysis', 'benchmark_vocabulary.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = str(tmp_path / 'bench.json')
+    assert bench.main(['--classes', '300', '--dim', '16', '--threads', '1', '--repeats', '2', '--load-repeats', '1',
+                       '--batch', '4', '--out', out]) == 0
+    r = json.load(open(out))
+    assert r['classes'] == 300 and r['synonym_rows'] >= 300 and r['max_synonyms'] <= 40
+    assert r['file_mb'] > 0 and r['recognise_ms'] > 0 and r['layout'] in ('flat', 'padded')
+    counts = bench.synonym_counts(5000, 0)
+    assert counts.min() >= 1 and counts.max() <= 40 and 1.8 < counts.float().mean() < 2.7

@@ -14,6 +14,10 @@ Examples::
 
 The classes are validated (no duplicates, ignoring case and spaces) and kept in
 the given order: label i of a dataset must be class i of its vocabulary.
+
+The file is padded to the longest synonym list (the released layout). For
+tens of thousands of classes use ``tools/build_vocabulary.py --vocab CLASSES``:
+one row per synonym, resumable after an interruption.
 """
 import argparse
 import json
