@@ -375,3 +375,19 @@ def test_without_sam_the_release_clip2sam_file_holds_the_whole_prompt_encoder():
     with parameters_on_meta():
         model = MODELS.build(Config.fromfile(REAL_CFG).model)
     assert pe == {k: list(v.shape) for k, v in model.pe.state_dict().items()}
+
+
+def test_lvis_frequency_split_is_saved_and_the_annotation_file_is_not_needed(tiny_cfg, tmp_path):
+    ann = tmp_path / 'lvis_mini.json'
+    cats = [dict(id=i + 1, name=f'c{i}', frequency=f) for i, f in enumerate('fcrcf')]
+    ann.write_text(json.dumps(dict(images=[], annotations=[], categories=cats)))
+    src = build_tiny(tiny_cfg, type='OVSAMFrequencySplit', split_ann_file=str(ann))
+    save_pretrained(src, tmp_path / 'm', config=dict(model=dict(tiny_cfg.model, type='OVSAMFrequencySplit',
+                                                                 split_ann_file=str(ann))))
+    assert src._split_resolved is False  # read on a copy: saving changes nothing in the model
+    ann.unlink()  # offline: the split travels in the folder
+    loaded = from_pretrained(tmp_path / 'm')
+    assert (loaded.vocabulary.base_classes, loaded.vocabulary.novel_classes) == ([0, 1, 3, 4], [2])
+    assert type(loaded.model).__name__ == 'OVSAMFrequencySplit'
+    seen, allowed = loaded.model.class_split(5)
+    assert seen.tolist() == [True, True, False, True, True, True] and allowed.tolist() == [True] * 5
