@@ -188,3 +188,32 @@ def test_build_vocabulary_tool_resumes_and_writes_a_flat_table(tmp_path, capsys)
     assert names == joint.class_names and table.max_synonyms == 2
     clf = TextClassifier(vocabulary=str(tmp_path / 'out.pth'), num_classes=5)
     assert clf.num_classes == 5 and clf.class_names == joint.class_names
+
+
+def test_joint_json_is_a_vocabulary_spec_and_tool_embeds_any_list(tmp_path, capsys):
+    import importlib.util
+    from conftest import ROOT
+    from ovsam.vocabulary import JointVocabulary, load_text_embeddings, resolve_vocabulary
+    j = JointVocabulary.build({'a': ['cat', 'dog'], 'b': ['n00000001 dog,hound', 'n00000002 emu']})
+    j.dump_json(str(tmp_path / 'joint.json'))
+    assert resolve_vocabulary(str(tmp_path / 'joint.json')).class_names == j.class_names
+    spec = importlib.util.spec_from_file_location('build_vocabulary', os.path.join(ROOT, 'tools',
+                                                                                   'build_vocabulary.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / 'cfg.json').write_text(json.dumps(TINY_CLIP_CFG))
+    common = ['--clip-model', 'tiny', '--clip-cfg', str(tmp_path / 'cfg.json'), '--allow-random-weights']
+    for vocab in (str(tmp_path / 'joint.json'), 'shapes'):
+        out = str(tmp_path / 'out.pth')
+        assert tool.main(['--vocab', vocab, '--out', out] + common) == 0
+        _, names = load_text_embeddings(out, layout='table')
+        assert names == resolve_vocabulary(vocab).class_names
+    with pytest.raises(SystemExit):
+        tool.main(['--source', 'lvis', '--out', out] + common)
+    assert 'write a source as NAME=SPEC' in capsys.readouterr().err
+    with pytest.raises(SystemExit, match='given twice'):
+        tool.main(['--source', 'a=cat', '--source', 'a=dog', '--vocab-out', str(tmp_path / 'x.json')])
+    with pytest.raises(SystemExit, match='nothing to write'):
+        tool.main(['--vocab', 'shapes'])
+    with pytest.raises(SystemExit, match='--clip-checkpoint is required'):
+        tool.main(['--vocab', 'shapes', '--out', out])

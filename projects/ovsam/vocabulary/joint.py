@@ -45,9 +45,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .names import JOINT_FORMAT as FORMAT
 from .names import _fold, check_class_names, class_key, resolve_vocabulary, split_synonyms
 
-FORMAT = 'ovsam-joint-vocabulary-v1'
 WNID_RE = re.compile(r'^n\d{8}$')
 _WNID_LINE = re.compile(r'^(n\d{8})(?:[\s:]+(.*))?$')
 

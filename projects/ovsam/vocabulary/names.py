@@ -30,6 +30,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 BUILTIN_VOCABULARIES = ('coco', 'coco-ov', 'lvis', 'shapes')
 EMBEDDING_FILE_EXTS = ('.pth', '.pt')
 CLASS_FILE_EXTS = ('.txt', '.json')
+JOINT_FORMAT = 'ovsam-joint-vocabulary-v1'  # ovsam.vocabulary.joint's JSON files
 
 MAKE_COMMAND = ('python tools/gen_text_embeddings.py --clip-model NAME --clip-checkpoint CKPT '
                 '--classes DATASET_OR_CLASS_FILE --out PATH')
@@ -217,8 +218,9 @@ def parse_class_lines(text: str) -> List[str]:
 
 def read_class_file(path: str) -> List[str]:
     """Class names from a ``.txt`` (one class per line; blank lines and ``#``
-    lines are skipped), a COCO annotation ``.json`` (its categories, by id) or
-    a ``.json`` list of class names."""
+    lines are skipped), a COCO annotation ``.json`` (its categories, by id), a
+    ``.json`` list of class names or a joint vocabulary ``.json``
+    (:class:`~ovsam.vocabulary.joint.JointVocabulary`)."""
     path = osp.expanduser(path)
     if osp.isdir(path):
         raise IsADirectoryError(f'class file {path!r} is a directory; give a .txt file (one class per line)')
@@ -257,9 +259,15 @@ def _names_from_json(path: str, text: str) -> List[str]:
     if isinstance(data, str):
         raise ValueError(f'{path!r} holds the single string {data[:60]!r}, not a list of classes; write '
                          f'[{data[:60]!r}] for one class')
+    if isinstance(data, dict) and data.get('format') == JOINT_FORMAT:
+        names = data.get('class_names')  # a joint vocabulary (tools/build_vocabulary.py --vocab-out)
+        if not isinstance(names, list) or not names:
+            raise ValueError(f'{path!r}: a joint vocabulary without class names; re-create it with '
+                             'tools/build_vocabulary.py')
+        return list(names)
     if not isinstance(data, dict) or not isinstance(data.get('categories'), list):
-        raise ValueError(f'{path!r}: a .json vocabulary is COCO annotations with a "categories" list or a '
-                         'list of class names')
+        raise ValueError(f'{path!r}: a .json vocabulary is COCO annotations with a "categories" list, a '
+                         'list of class names or a joint vocabulary (tools/build_vocabulary.py)')
     cats = data['categories']
     if not cats:
         raise ValueError(f'{path!r} has no categories')
