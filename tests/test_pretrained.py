@@ -99,7 +99,8 @@ def test_from_pretrained_returns_model_vocabulary_config(saved, tiny_predictor):
     assert not model.training and model.cfg is cfg
     assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     assert vocab.class_names == list(tiny_predictor.vocabulary.class_names)
-    assert torch.equal(vocab.embeddings, tiny_predictor.vocabulary.embeddings())
+    assert torch.equal(vocab.cls_embed, tiny_predictor.vocabulary.cls_embed)  # the buffer, bit for bit
+    assert torch.equal(vocab.embeddings(), tiny_predictor.vocabulary.embeddings())
     assert (vocab.base_classes, vocab.novel_classes) == ([0, 2], None)
     assert manifest['vocabulary']['num_classes'] == 4 and manifest['format_version'] == 1
     assert cfg.model.mask_decoder.classifier.vocabulary is None  # the folder holds the vocabulary
@@ -391,3 +392,31 @@ def test_lvis_frequency_split_is_saved_and_the_annotation_file_is_not_needed(tin
     assert type(loaded.model).__name__ == 'OVSAMFrequencySplit'
     seen, allowed = loaded.model.class_split(5)
     assert seen.tolist() == [True, True, False, True, True, True] and allowed.tolist() == [True] * 5
+
+
+def test_flat_vocabulary_layout_round_trip(tiny_cfg, tmp_path):
+    """A vocabulary held flat (one row per synonym, no padding) comes back flat and exact."""
+    clf_cfg = dict(tiny_cfg.model.mask_decoder.classifier, layout='flat')
+    src = build_tiny(tiny_cfg, mask_decoder=dict(tiny_cfg.model.mask_decoder, classifier=clf_cfg))
+    assert src.mask_decoder.classifier.flat
+    save_pretrained(src, tmp_path / 'm', config=dict(model=dict(
+        tiny_cfg.model, mask_decoder=dict(tiny_cfg.model.mask_decoder, classifier=clf_cfg))))
+    loaded = from_pretrained(tmp_path / 'm')
+    assert loaded.manifest['vocabulary']['layout'] == 'flat'
+    assert torch.equal(loaded.model.mask_decoder.classifier.cls_embed, src.mask_decoder.classifier.cls_embed)
+    from conftest import make_batch
+    inputs, s1 = make_batch(src, boxes=[[20., 30., 120., 150.]])
+    _, s2 = make_batch(src, boxes=[[20., 30., 120., 150.]])
+    with torch.no_grad():
+        a, b = src.predict(inputs, s1)[0].pred_instances, loaded.model.predict(inputs, s2)[0].pred_instances
+    assert torch.equal(a.masks, b.masks) and torch.equal(a.scores, b.scores)
+
+
+def test_vocabulary_that_does_not_fit_the_model(saved):
+    from safetensors.torch import load_file
+    buf = load_file(str(saved / VOCABULARY_FILE))['cls_embed']
+    save_weights(dict(cls_embed=buf[:32]), str(saved / VOCABULARY_FILE),
+                 metadata=dict(class_names=json.dumps(['disc', 'bee,wasp', 'cup,mug', 'star'])))
+    _rewrite_manifest(saved)
+    with pytest.raises(PretrainedFolderError, match='does not fit this model'):
+        from_pretrained(saved)

@@ -5,7 +5,7 @@
     folder/
       config.py           the model's mmengine config (data only: plain assignments of literals)
       model.safetensors   every persistent tensor of the model (safetensors, no pickle)
-      vocabulary.pth      class names + (K, P, D) text embeddings (ovsam.vocabulary's file format)
+      vocabulary.safetensors  the classifier's vocabulary buffer (text embeddings) + the class names
       ovsam_model.json    the manifest, written last: format version, ovsam version, what each
                           file is with its size and SHA-256, the class split (seen / unseen classes)
 
@@ -13,8 +13,7 @@ and ``from_pretrained(folder)`` builds the model back, offline:
 
 * **Nothing runs code.** ``config.py`` is read as data (an AST of assignments
   of literals and ``dict(...)``; :func:`read_config`), never executed; the
-  weights are safetensors; the vocabulary file holds tensors and strings only
-  (``torch.load(weights_only=True)``).
+  weights and the vocabulary are safetensors.
 * **Strict.** Missing, unexpected or mis-shaped tensors raise
   :class:`~ovsam.checkpoint.CheckpointError` listing them (the checks of
   :func:`ovsam.checkpoint.load_state_dict_strict`); every file is checked
@@ -70,13 +69,14 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = 'ovsam_model.json'
 CONFIG_FILE = 'config.py'
 WEIGHTS_FILE = 'model.safetensors'
-VOCABULARY_FILE = 'vocabulary.pth'
+VOCABULARY_FILE = 'vocabulary.safetensors'
 _FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCABULARY_FILE)
 _WHAT = {
     CONFIG_FILE: 'the model config (mmengine .py, literals only; builds the model without downloading anything)',
     WEIGHTS_FILE: 'every persistent tensor of the model (safetensors; aliases: tied names stored once)',
-    VOCABULARY_FILE: 'class names and (classes, synonyms, dim) unit-norm CLIP text embeddings '
-                     '(ovsam.vocabulary.load_text_embeddings)',
+    VOCABULARY_FILE: "the classifier's vocabulary buffer cls_embed exactly as the model held it (unit-norm CLIP "
+                     'text embeddings in a TextClassifier layout: padded (D, K + 1, P) or flat (R + 1, D + 1)) '
+                     'and the class names (metadata class_names, JSON)',
 }
 # config keys that point at files the model was first assembled from; the folder replaces them
 _FILE_KEYS = ('checkpoints', 'init_cfg', 'pretrained', 'sam_checkpoint')
@@ -88,13 +88,29 @@ class PretrainedFolderError(CheckpointError):
 
 @dataclass
 class SavedVocabulary:
-    """The vocabulary stored with a model: ``embeddings`` (K, P, D) unit-norm, row
-    ``i`` is ``class_names[i]``; ``base_classes`` / ``novel_classes``: the class
-    split (seen classes lean on the trained head; None: no split)."""
+    """The vocabulary stored with a model: ``cls_embed`` is the classifier's buffer
+    (:class:`~ovsam.models.TextClassifier`: padded (D, K + 1, P) or flat
+    (R + 1, D + 1)), class ``i`` is ``class_names[i]``; ``base_classes`` /
+    ``novel_classes``: the class split (seen classes lean on the trained head;
+    None: no split)."""
     class_names: List[str]
-    embeddings: Tensor
+    cls_embed: Tensor
     base_classes: Optional[List[int]] = None
     novel_classes: Optional[List[int]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def embeddings(self) -> Tensor:
+        """(K, P, D) unit-norm text embeddings, padded (a copy)."""
+        from .models.classifier import TextClassifier
+        return TextClassifier.buffer_embeddings(self.cls_embed)
+
+    def table(self):
+        """The embeddings as a :class:`~ovsam.vocabulary.SynonymTable` (no padding)."""
+        from .models.classifier import TextClassifier
+        return TextClassifier.buffer_table(self.cls_embed)
 
 
 class PretrainedModel(NamedTuple):
@@ -451,7 +467,7 @@ def _model_and_vocabulary(obj: Any) -> Tuple[nn.Module, Optional[SavedVocabulary
         model, vocab = obj.model, obj.vocabulary
         if vocab is None:
             return model, None
-        names, emb = list(vocab.class_names), vocab.embeddings()
+        names, buf = list(vocab.class_names), vocab.cls_embed
         split = _split_for(model, len(names), dict(vocab.split))
     elif isinstance(obj, nn.Module) and hasattr(obj, 'predict_prompts'):
         model = obj
@@ -459,11 +475,12 @@ def _model_and_vocabulary(obj: Any) -> Tuple[nn.Module, Optional[SavedVocabulary
         if clf.num_classes <= 0:
             return model, None
         names = list(clf.class_names or [f'class{i}' for i in range(clf.num_classes)])
-        emb = clf.cls_embed.permute(1, 2, 0)[:-1].detach().cpu().clone()
+        buf = clf.cls_embed
         split = _split_for(model, len(names))
     else:
         raise TypeError(f'save_pretrained saves an ovsam.models.OVSAM or an OVSAMPredictor, got {type(obj).__name__}')
-    return model, SavedVocabulary(names, emb, split['base_classes'], split['novel_classes'])
+    buf = buf.detach().cpu().clone()
+    return model, SavedVocabulary(names, buf, split['base_classes'], split['novel_classes'])
 
 
 def _check_finite_fast(sd: Mapping[str, Tensor], source: str) -> None:
@@ -520,7 +537,6 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
     """
     from . import __version__
     from .fileio import atomic_save_json, atomic_save_text
-    from .vocabulary import save_text_embeddings
     model, vocab = _model_and_vocabulary(model_or_predictor)
     if config is None:
         config = getattr(model, 'cfg', None)
@@ -569,10 +585,11 @@ def save_pretrained(model_or_predictor: Any, save_dir: str, config: Any = None, 
     info = save_weights(sd, osp.join(save_dir, WEIGHTS_FILE), metadata=dict(ovsam_version=__version__))
     vocab_info = None
     if vocab is not None:
-        save_text_embeddings(osp.join(save_dir, VOCABULARY_FILE), vocab.embeddings, vocab.class_names,
-                             meta=dict(saved_by='ovsam.pretrained.save_pretrained'))
-        k, p, d = vocab.embeddings.shape
-        vocab_info = dict(num_classes=int(k), synonyms=int(p), dim=int(d), base_classes=vocab.base_classes,
+        save_weights(dict(cls_embed=vocab.cls_embed), osp.join(save_dir, VOCABULARY_FILE),
+                     metadata=dict(class_names=json.dumps(vocab.class_names), kind='ovsam-classifier-vocabulary'))
+        buf = vocab.cls_embed
+        vocab_info = dict(num_classes=vocab.num_classes, layout='flat' if buf.dim() == 2 else 'padded',
+                          buffer_shape=list(buf.shape), base_classes=vocab.base_classes,
                           novel_classes=vocab.novel_classes,
                           seen='base_classes lean on the trained head (alpha), the others on frozen CLIP (beta); '
                                'with novel_classes, classes in neither are never predicted; null: no split')
@@ -672,20 +689,35 @@ def _checked(folder: str, name: str, manifest: Dict[str, Any]) -> str:
     return path
 
 
-def _install_exact(clf: nn.Module, vocab: SavedVocabulary) -> None:
-    """The saved (already unit-norm) embeddings into the classifier, bit for bit.
+def _read_vocabulary(folder: str, manifest: Dict[str, Any]) -> SavedVocabulary:
+    """The saved vocabulary buffer and names, checked against the manifest."""
+    from .vocabulary import check_class_names
+    info = manifest['vocabulary']
+    if VOCABULARY_FILE not in manifest['files']:
+        raise PretrainedFolderError(f'{folder!r}: the manifest describes a vocabulary but lists no {VOCABULARY_FILE}')
+    path = osp.join(folder, VOCABULARY_FILE)
+    sd, meta, digest = _read_safetensors(path)
+    if digest != manifest['files'][VOCABULARY_FILE].get('sha256'):
+        raise PretrainedFolderError(f'{path!r} does not match its manifest (SHA-256): changed or damaged after '
+                                    'saving; save the model folder again')
+    try:
+        names = check_class_names(json.loads(meta['class_names']))
+        buf = sd['cls_embed']
+    except (KeyError, ValueError, TypeError) as e:
+        raise PretrainedFolderError(f'{path!r} is not an ovsam vocabulary file ({type(e).__name__}: {e})') from None
+    return SavedVocabulary(list(names), buf, info.get('base_classes'), info.get('novel_classes'))
 
-    ``set_vocabulary`` checks and normalises them; normalising unit vectors
-    again moves the last bit of some, so its buffer is then replaced by the
-    saved values in the same (D, K + 1, P) layout (background row last, zero).
-    """
-    clf.set_vocabulary(vocab.embeddings, vocab.class_names)
-    emb = vocab.embeddings.float()
-    exact = torch.cat([emb, emb.new_zeros(1, *emb.shape[1:])]).permute(2, 0, 1).contiguous()
-    if exact.shape != clf.cls_embed.shape or not torch.allclose(exact, clf.cls_embed, atol=1e-5):
-        raise PretrainedFolderError('the saved text embeddings are not unit-norm (the vocabulary file was '
-                                    'replaced?); save the model folder again')
-    clf.cls_embed = exact.to(clf.cls_embed.device)
+
+def _install(clf: nn.Module, vocab: SavedVocabulary) -> None:
+    """The saved buffer becomes the classifier's vocabulary, bit for bit (as the
+    predictor swaps vocabularies: the buffer and the names, whole), after the
+    classifier's own check of its layout, width, size and values."""
+    why = type(clf).check_buffer(vocab.cls_embed, type(clf).buffer_dim(clf.cls_embed), vocab.num_classes)
+    if why:
+        raise PretrainedFolderError(f'the saved vocabulary does not fit this model: {why}; save the model folder '
+                                    'again')
+    clf.cls_embed = vocab.cls_embed.to(clf.logit_scale.device)
+    clf.class_names = list(vocab.class_names)
 
 
 def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
@@ -698,20 +730,12 @@ def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
     config). Raises :class:`PretrainedFolderError` (a ``CheckpointError``) for a
     missing, incomplete, damaged or newer-format folder, listing the problem.
     """
-    from .vocabulary import load_text_embeddings
     folder = os.fspath(folder) if isinstance(folder, os.PathLike) else folder
     manifest = read_manifest(folder)
     cfg = read_config(_checked(folder, CONFIG_FILE, manifest))
     if 'model' not in cfg:
         raise PretrainedFolderError(f'{osp.join(folder, CONFIG_FILE)!r} has no "model" entry')
-    vocab = None
-    vinfo = manifest.get('vocabulary')
-    if vinfo:
-        if VOCABULARY_FILE not in manifest['files']:
-            raise PretrainedFolderError(f'{folder!r}: the manifest describes a vocabulary but lists no '
-                                        f'{VOCABULARY_FILE}')
-        emb, names = load_text_embeddings(_checked(folder, VOCABULARY_FILE, manifest))
-        vocab = SavedVocabulary(list(names), emb, vinfo.get('base_classes'), vinfo.get('novel_classes'))
+    vocab = _read_vocabulary(folder, manifest) if manifest.get('vocabulary') else None
     model = _build(cfg.model)
     want = manifest['files'][WEIGHTS_FILE].get('sha256')
     finite = (manifest.get('model') or {}).get('finite')
@@ -724,7 +748,7 @@ def from_pretrained(folder: str, device: Union[str, torch.device] = 'cpu',
         if hasattr(m, '_is_init'):
             m._is_init = True
     if vocab is not None:
-        _install_exact(model.mask_decoder.classifier, vocab)
+        _install(model.mask_decoder.classifier, vocab)
         model.set_class_split(vocab.base_classes, vocab.novel_classes)
     model.cfg = cfg
     return PretrainedModel(model.to(device).eval(), vocab, cfg, manifest)
