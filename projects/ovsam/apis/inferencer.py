@@ -298,7 +298,9 @@ class OVSAMInferencer(BaseInferencer):
         feats = self.model.extract_feat(torch.cat([item.inputs for item in inputs]))
         results = []
         for i, item in enumerate(inputs):
-            one = type(feats)(*(tuple(f[i:i + 1] for f in v) if isinstance(v, (tuple, list)) else v[i:i + 1]
+            # each image's own copy: a view would keep the whole batch alive with the predictor's last image
+            take = (lambda t: t[i:i + 1].clone()) if len(inputs) > 1 else (lambda t: t)  # noqa: E731
+            one = type(feats)(*(tuple(take(f) for f in v) if isinstance(v, (tuple, list)) else take(v)
                                 for v in feats))
             state = ImageState(image=item.rgb, meta=types.MappingProxyType(item.meta), inputs=item.inputs, feats=one)
             try:
