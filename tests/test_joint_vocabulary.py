@@ -69,6 +69,8 @@ def test_source_files_and_bad_sources(tmp_path):
     assert j.source_ids('lvis').tolist() == [0, 1]  # categories by id
     assert j.source_ids('in21k').tolist() == [2, 1] and j.source_ids('plain').tolist() == [2, 3]
     assert j.wnids == ['', 'n01443537', 'n01440764', '']
+    with pytest.raises(ValueError, match='line 2.*expected a WordNet id'):
+        JointVocabulary.build({'x': ['n01440764 tench', 'goldfish']})
     with pytest.raises(ValueError, match='has no class name'):
         JointVocabulary.build({'x': ['n01440764 tench', 'n01443537']})
     with pytest.raises(ValueError, match="source 'x'.*not a WordNet id"):

@@ -92,7 +92,9 @@ def parse_wnid_lines(lines: Sequence[str], where: str = 'the list') -> SourceCla
 
 
 def _looks_like_wnid_lines(lines: Sequence[str]) -> bool:
-    return bool(lines) and all(isinstance(s, str) and _WNID_LINE.match(s.strip()) for s in lines)
+    """Whether a list is an ImageNet-21k-style list: its first line starts with a
+    WordNet id (a later line without one is then an error, not a class name)."""
+    return bool(lines) and isinstance(lines[0], str) and bool(_WNID_LINE.match(lines[0].strip()))
 
 
 def _read_lines(path: str) -> List[str]:
