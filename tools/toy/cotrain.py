@@ -98,7 +98,7 @@ class CoTrainDemo(Pipeline):
         joint = JointVocabulary.build({'segmentation': osp.join(ann, 'instances_train.json'),
                                        'detection': osp.join(ann, 'instances_boxes.json'),
                                        'image_level': osp.join(self.cdata, 'image_level', 'classes.txt')})
-        joint.save(self.joint_json)
+        atomic_save_json(self.joint_json, joint.to_dict(), ensure_ascii=False, indent=1)  # = joint.save
         with open(osp.splitext(self.clip_ckpt)[0] + '.json') as f:  # written by the clip stage
             clip_cfg = json.load(f)
         emb = TextEncoder(clip_model='tiny', clip_model_cfg=clip_cfg,
