@@ -97,6 +97,14 @@ def test_flat_classifier_matches_padded(tmp_path):
     assert torch.allclose(flat(x), padded(x), atol=1e-4)
     assert (flat(x)[:, -1] == 0).all()  # background
     assert torch.allclose(TextClassifier.buffer_embeddings(flat.cls_embed), table.to_padded(), atol=1e-6)
+    # training through the flat layout: the same gradients as the padded one
+    labels = torch.arange(9) % 61
+    grads = []
+    for clf in (flat, padded):
+        xg = x.clone().requires_grad_()
+        F.cross_entropy(clf(xg), labels).backward()
+        grads.append(xg.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
     # auto: padded unless padding would waste much (26k classes, a few long synsets)
     assert not use_flat_layout(1203, 20, 2000) and use_flat_layout(26000, 40, 58000)
     auto = TextClassifier()

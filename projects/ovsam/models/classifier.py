@@ -186,9 +186,9 @@ class TextClassifier(nn.Module):
         norms = torch.linalg.vector_norm(emb, dim=1)
         if not bool(torch.isfinite(norms).all()):
             raise ValueError('text embeddings contain NaN or Inf')
-        buf = torch.empty(r + 1, d + 1)
+        buf = torch.empty(r + 1, d + 1, device=emb.device)
         torch.div(emb, norms.clamp_min(1e-12)[:, None], out=buf[:r, :d])
-        buf[:r, d] = table.class_index.float()
+        buf[:r, d] = table.class_index.to(emb.device).float()
         buf[r, :d] = 0  # background: zero embedding, class K
         buf[r, d] = k
         return buf
