@@ -9,8 +9,9 @@ bool -> 0 / 255, 16-bit (uint16, PIL ``I;16*`` and ``I``) scaled from
 
 The resize is OpenCV's bilinear ``cv2.resize`` (what mmcv's ``imresize``
 calls) re-done in numpy: for uint8 images the same fixed-point arithmetic
-(11-bit weights, the rounding of its SIMD rows), bit-exact with OpenCV 4/5;
-for float images the same sampling in float32 (within 0.03 grey levels).
+(11-bit weights, the rounding of its SIMD rows), bit-exact with ``cv2.resize``
+(tested against it); for float images the same sampling in float32 (within
+0.05 grey levels).
 """
 import os
 from typing import Any, Dict, Tuple

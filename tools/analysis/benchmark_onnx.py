@@ -132,7 +132,7 @@ def run_size(size: str, args) -> dict:
     res['build_s'] = time.perf_counter() - t
     out_dir = osp.join(args.work_dir, f'ovsam_{size}_onnx')
     t = time.perf_counter()
-    export_deployment(model, out_dir)  # from the plain modules: no copy of the model is made
+    export_deployment(model, out_dir)
     res['export_s'] = time.perf_counter() - t
     res['files_mib'] = file_mib(out_dir)
     gc.collect()

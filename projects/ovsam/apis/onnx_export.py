@@ -466,9 +466,9 @@ def export_deployment(model: nn.Module, out_dir: str, opset: int = 17,
                       class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Write the whole model as a folder that :mod:`ovsam_onnx` runs without torch.
 
-    Files (:mod:`ovsam_onnx.layout`): ``image_encoder.onnx`` (:class:`ImageSideModel`),
-    ``prompt_decoder.onnx`` (:class:`PromptSideModel` with the vocabulary as
-    inputs), ``vocabulary.npy`` (the model's (K, P, D) unit-norm text
+    Files (:mod:`ovsam_onnx.layout`): ``image_encoder.onnx`` (:class:`ImageSideModel`,
+    traced from the plain modules), ``prompt_decoder.onnx`` (:class:`PromptSideModel`
+    with the vocabulary as inputs, traced from the CPU fast paths), ``vocabulary.npy`` (the model's (K, P, D) unit-norm text
     embeddings) and ``manifest.json`` (input size, pixel mean / std, class
     names and the ensemble's class split, opset, versions), written last:
     a folder with a manifest is complete. Each file is written atomically.
@@ -488,7 +488,16 @@ def export_deployment(model: nn.Module, out_dir: str, opset: int = 17,
     seen, allowed = model.class_split(k)
     dp = model.data_preprocessor
     image_bytes = image_model_bytes(model, opset)
-    prompt_bytes = prompt_model_bytes(model, opset, names, vocabulary_inputs=True)
+    # The prompt side from the CPU fast paths (same outputs, fewer operations:
+    # e.g. CLIP's attention pool for its kept token only); a copy if the model
+    # runs the plain modules, so the caller's model is never changed.
+    from ..models.fast_inference import fast_modules, optimize_for_inference
+    prompt_side = model
+    if not fast_modules(model):
+        prompt_side = copy.deepcopy(model)
+        optimize_for_inference(prompt_side)
+    prompt_bytes = prompt_model_bytes(prompt_side, opset, names, vocabulary_inputs=True)
+    del prompt_side
     emb = clf.cls_embed.detach().permute(1, 2, 0)[:-1].float().cpu().numpy()  # (K, P, D)
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
