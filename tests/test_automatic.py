@@ -50,8 +50,8 @@ def oracle(predictor, instances, confidence=None):
         label_map[m] = k
     classes = [c for c, _ in instances]
 
-    def fake(point_coords, point_labels=None, boxes=None, mask_input=None, top_k=5, return_logits=True,
-             image_state=None, vocabulary=None):
+    def fake(point_coords, point_labels=None, boxes=None, mask_input=None, top_k=5, return_logits=False,
+             image_state=None, vocabulary=None, stability_score_offset=1.0):
         sx, sy = (image_state or predictor.image_state).meta['scale_factor']
         n = point_coords.shape[0]
         k_cls = predictor.num_classes
@@ -66,8 +66,10 @@ def oracle(predictor, instances, confidence=None):
                 conf[i] = 0.99 if confidence is None else confidence[inst - 1]
         k = max(1, min(top_k, k_cls))
         ts, tl = probs.topk(k, dim=1)
-        return dict(logits=logits, masks=logits > 0, mask_confidence=conf, labels=tl[:, 0], scores=ts[:, 0],
-                    topk_labels=tl, topk_scores=ts, class_probs=probs)
+        from segment_anything.utils.amg import calculate_stability_score
+        stability = torch.nan_to_num(calculate_stability_score(logits, 0.0, stability_score_offset), nan=0.0)
+        return dict(masks=logits > 0, stability_scores=stability, mask_confidence=conf, labels=tl[:, 0],
+                    scores=ts[:, 0], topk_labels=tl, topk_scores=ts, class_probs=probs)
 
     predictor.predict_torch = fake
     return label_map
@@ -210,3 +212,36 @@ def test_generator_odd_images_and_arguments(predictor):
     fresh = type(predictor)(predictor.model)
     with pytest.raises(RuntimeError, match='set_image'):
         OVSAMAutomaticMaskGenerator(fresh, points_per_side=4).generate()
+
+
+def test_full_size_work_in_chunks_gives_the_same_records(predictor, scene, monkeypatch):
+    """Masks, stability scores and RLEs made a few prompts at a time (as on a
+    large photo) equal those made for a whole batch at once, and no full-size
+    float array ever holds more than one chunk of prompts."""
+    from ovsam.apis import OVSAMAutomaticMaskGenerator
+    from ovsam.apis import automatic, predictor as predictor_module
+    rgb, _ = scene
+    predictor.set_image(rgb)
+    kw = dict(points_per_side=6, stability_score_thresh=0.0, box_nms_thresh=0.99, crop_n_layers=1,
+              crop_nms_thresh=0.99, output_mode='uncompressed_rle')
+    whole = OVSAMAutomaticMaskGenerator(predictor, **kw).generate()
+    assert len(whole) >= 2
+    h, w = rgb.shape[:2]
+    sizes = []
+    post = predictor_module.postprocess_masks
+
+    def spy(logits, *args):
+        out = post(logits, *args)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(predictor_module, 'postprocess_masks', spy)
+    monkeypatch.setattr(predictor_module, 'CHUNK_VALUES', 2 * h * w)  # two prompts at a time
+    monkeypatch.setattr(automatic, 'RLE_VALUES', 3 * h * w)
+    chunked = OVSAMAutomaticMaskGenerator(predictor, **kw).generate()
+    assert sizes and max(sizes) <= 2 * h * w
+    assert len(chunked) == len(whole)
+    for a, b in zip(whole, chunked):
+        assert a['segmentation'] == b['segmentation'] and a['bbox'] == b['bbox'] and a['label'] == b['label']
+        assert a['stability_score'] == b['stability_score']
+        assert a['mask_confidence'] == pytest.approx(b['mask_confidence'], rel=1e-5)

@@ -195,6 +195,51 @@ def test_batched_prompts_equal_single_prompts(predictor, scene):
     assert predictor.predict(box=boxes[0], top_k=50).topk_labels.shape == (1, predictor.num_classes)
 
 
+def test_full_size_outputs_in_chunks_and_logits_on_request(predictor, scene, monkeypatch):
+    """Masks, stability scores and confidences at the original size equal the
+    whole-batch computation from the low-res logits, but are made a few
+    prompts at a time; float logits at full size only on request."""
+    from segment_anything.utils.amg import calculate_stability_score
+
+    from ovsam.apis import predictor as predictor_module
+    from ovsam.models.common import postprocess_masks
+    predictor.set_image(scene)
+    h, w = scene.shape[:2]
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(0, [w / 2, h / 2], (7, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, [w / 2, h / 2], (7, 2))], 1).astype(np.float32)
+    sizes = []
+
+    def spy(logits, *args):
+        out = postprocess_masks(logits, *args)
+        sizes.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(predictor_module, 'postprocess_masks', spy)
+    monkeypatch.setattr(predictor_module, 'CHUNK_VALUES', 3 * h * w)  # three prompts at a time
+    out = predictor.predict(box=boxes)
+    assert sizes == [3, 3, 1] and out.logits is None
+    assert out.masks.dtype == bool and out.masks.shape == (7, h, w)
+    meta = predictor.image_state.meta
+    full = postprocess_masks(torch.from_numpy(out.low_res_logits), meta['batch_input_shape'], meta['img_shape'],
+                             meta['ori_shape'])[:, 0]
+    assert np.array_equal(out.masks, (full > 0).numpy())
+    assert np.array_equal(out.mask_scores, calculate_stability_score(full, 0.0, 1.0).nan_to_num(0.0).numpy())
+    fg = (full > 0).flatten(1).float()
+    conf = (full.sigmoid().flatten(1) * fg).sum(1) / fg.sum(1).clamp(min=1)
+    np.testing.assert_allclose(out.mask_confidence, conf.numpy(), rtol=1e-5)
+    with_logits = predictor.predict(box=boxes, return_logits=True)
+    assert with_logits.logits.dtype == np.float32 and np.array_equal(with_logits.logits, full.numpy())
+    assert np.array_equal(with_logits.masks, out.masks)
+    sx, sy = predictor.scale_factor
+    t = predictor.predict_torch(boxes=torch.from_numpy(boxes * np.float32([sx, sy, sx, sy])),
+                                stability_score_offset=2.0)
+    assert 'logits' not in t  # predict_torch: logits on request too
+    assert torch.equal(t['stability_scores'], calculate_stability_score(full, 0.0, 2.0).nan_to_num(0.0))
+    with pytest.raises(ValueError, match='stability_score_offset'):
+        predictor.predict_torch(boxes=torch.from_numpy(boxes), stability_score_offset=-1)
+
+
 def test_mask_prompt_changes_output_and_accepts_own_logits(predictor, scene):
     predictor.set_image(scene)
     box = np.array([60, 40, 200, 160], np.float32)

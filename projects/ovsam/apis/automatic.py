@@ -319,39 +319,55 @@ class OVSAMAutomaticMaskGenerator:
 
     def _process_batch(self, st: ImageState, vocab: VocabularyState, points: np.ndarray, crop_box: List[int],
                        orig_size):
-        from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
-                                                is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
+        """One batch of grid points -> filtered masks as RLE. Full-size work stays
+        boolean: the predictor makes the masks and stability scores a few
+        prompts at a time (no full-size float logits), and masks are run-length
+        encoded a few at a time (:data:`RLE_VALUES`)."""
+        from segment_anything.utils.amg import MaskData, batched_mask_to_box, is_box_near_crop_edge
         pred = self.predictor
         oh, ow = orig_size
         sx, sy = st.meta['scale_factor']
         pts = torch.as_tensor(points, dtype=torch.float32)
         in_pts = (pts * pts.new_tensor([sx, sy])).to(pred.device)[:, None, :]
         labels = torch.ones(in_pts.shape[:2], dtype=torch.long, device=pred.device)
-        out = pred.predict_torch(in_pts, labels, top_k=self.top_k, return_logits=True, image_state=st,
-                                 vocabulary=vocab)
-        logits = out['logits']
-        data = MaskData(logits=logits.cpu(), points=pts,
+        out = pred.predict_torch(in_pts, labels, top_k=self.top_k, image_state=st, vocabulary=vocab,
+                                 stability_score_offset=self.stability_score_offset)
+        masks = out['masks'].cpu()
+        data = MaskData(points=pts, stability_score=out['stability_scores'].cpu(),
                         mask_confidence=out['mask_confidence'].cpu(), labels=out['labels'].cpu(),
                         scores=out['scores'].cpu(), topk_labels=out['topk_labels'].cpu(),
                         topk_scores=out['topk_scores'].cpu())
         del out
-        data['stability_score'] = torch.nan_to_num(
-            calculate_stability_score(data['logits'], 0.0, self.stability_score_offset), nan=0.0)
-        keep = (data['logits'] > 0).flatten(1).any(1)
+        keep = masks.flatten(1).any(1)
         if self.stability_score_thresh > 0:
             keep &= data['stability_score'] >= self.stability_score_thresh
         if self.mask_confidence_thresh > 0:
             keep &= data['mask_confidence'] >= self.mask_confidence_thresh
         if self.class_score_thresh > 0:
             keep &= data['scores'] >= self.class_score_thresh
-        data.filter(keep)
-        masks = data['logits'] > 0
-        del data['logits']
+        if not torch.all(keep):
+            data.filter(keep)
+            masks = masks[keep]
         data['boxes'] = batched_mask_to_box(masks)
         keep = ~is_box_near_crop_edge(data['boxes'], crop_box, [0, 0, ow, oh])
         if not torch.all(keep):
             data.filter(keep)
             masks = masks[keep]
-        masks = uncrop_masks(masks, crop_box, oh, ow)
-        data['rles'] = mask_to_rle_pytorch(masks)
+        data['rles'] = _masks_to_rles(masks, crop_box, oh, ow)
         return data
+
+
+#: mask pixels run-length encoded at once (bounds the boolean temporaries of
+#: segment_anything's encoder, which copies its input twice)
+RLE_VALUES = 1 << 26
+
+
+def _masks_to_rles(masks: torch.Tensor, crop_box: List[int], oh: int, ow: int) -> List[Dict]:
+    """(N, h, w) bool masks of a crop -> N uncompressed RLEs in the full image,
+    a few masks at a time (same RLEs as encoding them all at once)."""
+    from segment_anything.utils.amg import mask_to_rle_pytorch, uncrop_masks
+    step = max(1, RLE_VALUES // max(1, oh * ow))
+    rles = []
+    for s in range(0, len(masks), step):
+        rles += mask_to_rle_pytorch(uncrop_masks(masks[s:s + step], crop_box, oh, ow))
+    return rles

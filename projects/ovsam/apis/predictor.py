@@ -37,11 +37,11 @@ from ..models.ovsam import ImageFeatures
 from ..models.prompts import PromptError
 from ..vocabulary import (TextEncoder, check_class_names, load_text_embeddings, match_class, pad_synonyms,
                           resolve_vocabulary)
-from .inputs import (ArrayLike, check_bool, check_class_indices, check_input_frame_prompts, check_int, check_top_k,
-                     clip_boxes, image_to_rgb, preprocess_image, to_numpy, transform_prompts)
+from .inputs import (ArrayLike, check_bool, check_class_indices, check_float, check_input_frame_prompts, check_int,
+                     check_top_k, clip_boxes, image_to_rgb, preprocess_image, to_numpy, transform_prompts)
 
 __all__ = ['ImageState', 'OVSAMPredictor', 'OVSAMPrediction', 'PromptError', 'VocabularyState',
-           'default_tiny_config']
+           'default_tiny_config', 'full_size_masks']
 
 
 def default_tiny_config() -> str:
@@ -109,8 +109,9 @@ class OVSAMPrediction:
         topk_labels / topk_scores / topk_names: the ``top_k`` best classes.
         class_probs: (N, K) probabilities over the vocabulary (background
             removed, so rows may sum to less than 1).
-        logits: (N, H, W) mask logits at the original size (only with
-            ``return_logits=True``).
+        logits: (N, H, W) float32 mask logits at the original size, only with
+            ``return_logits=True`` (4 bytes per pixel and prompt; by default
+            only ``masks`` is full size and the logits stay low-res).
         image_state / vocabulary: the image and the vocabulary this answer is
             for (those current when the call started, or the pinned ones).
     """
@@ -614,9 +615,10 @@ class OVSAMPredictor:
                       boxes: Optional[Tensor] = None,
                       mask_input: Optional[Tensor] = None,
                       top_k: Optional[int] = 5,
-                      return_logits: bool = True,
+                      return_logits: bool = False,
                       image_state: Optional[ImageState] = None,
-                      vocabulary: Optional[VocabularyState] = None) -> Dict[str, Tensor]:
+                      vocabulary: Optional[VocabularyState] = None,
+                      stability_score_offset: float = 1.0) -> Dict[str, Tensor]:
         """Prompts already in the model's input frame (torch or numpy).
 
         Shapes: ``point_coords`` (N, P, 2), ``point_labels`` (N, P),
@@ -624,23 +626,29 @@ class OVSAMPredictor:
         rules as :meth:`predict` (:func:`ovsam.apis.inputs.check_prompt_arrays`)
         against the resized image inside the input frame. ``image_state`` /
         ``vocabulary`` pin the image and vocabulary (default: the current ones,
-        read once). Returns a dict of tensors: ``low_res_logits``, ``logits``
-        (N, H, W at the original size, if ``return_logits``), ``masks``,
-        ``stability_scores``, ``mask_confidence``, ``mask_boxes`` / ``boxes``
+        read once). Returns a dict of tensors: ``low_res_logits``, ``masks``
+        (N, H, W bool at the original size), ``stability_scores`` (at logit
+        +-``stability_score_offset``), ``mask_confidence``, ``mask_boxes`` / ``boxes``
         (input frame), ``class_probs`` (N, K), ``scores_log`` (N, K + 1, the
         ensemble's log-probabilities), ``labels``, ``scores``, ``topk_labels``,
-        ``topk_scores``.
+        ``topk_scores``; and ``logits`` (N, H, W float32 at the original size)
+        only with ``return_logits=True`` (4 bytes per pixel and prompt: opt in
+        knowingly on large images; the full-size work is otherwise done a few
+        prompts at a time, see :func:`full_size_masks`).
         """
         st, vocab = self._pin(image_state, vocabulary)
         k = check_top_k(top_k, vocab.num_classes)
+        offset = check_float(stability_score_offset, 'stability_score_offset', 0, None,
+                             fix='it is a logit offset, e.g. 1.0')
         prompts = check_input_frame_prompts(point_coords, point_labels, boxes, mask_input, st.meta,
                                             self.mask_input_size, self.device)
-        return self._run(st, vocab, *prompts, top_k=k, return_logits=check_bool(return_logits, 'return_logits'))
+        return self._run(st, vocab, *prompts, top_k=k, return_logits=check_bool(return_logits, 'return_logits'),
+                         stability_score_offset=offset)
 
+    @torch.no_grad()
     def _run(self, st: ImageState, vocab: VocabularyState, point_coords, point_labels, boxes, mask_input,
-             top_k: int, return_logits: bool) -> Dict[str, Tensor]:
+             top_k: int, return_logits: bool, stability_score_offset: float = 1.0) -> Dict[str, Tensor]:
         """Checked input-frame prompts -> outputs, for ``st`` and ``vocab``."""
-        from segment_anything.utils.amg import calculate_stability_score
         points = None if point_coords is None else (point_coords.float(), point_labels)
         model = self.model
         with self._model_lock:
@@ -652,19 +660,10 @@ class OVSAMPredictor:
         probs = model.class_probs(out.scores)
         label_scores, labels = probs.max(dim=-1)
         topk_scores, topk_labels = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-
-        meta = st.meta
-        full = postprocess_masks(out.mask_logits, meta['batch_input_shape'], meta['img_shape'],
-                                 meta['ori_shape'])[:, 0]
-        masks = full > 0
-        stability = torch.nan_to_num(calculate_stability_score(full, 0.0, 1.0), nan=0.0)
-        fg = masks.flatten(1).float()
-        conf = (full.sigmoid().flatten(1) * fg).sum(1) / fg.sum(1).clamp(min=1)
-        res = dict(low_res_logits=out.mask_logits, masks=masks, stability_scores=stability, mask_confidence=conf,
-                   mask_boxes=out.mask_boxes, boxes=out.boxes, class_probs=probs, scores_log=out.scores,
-                   labels=labels, scores=label_scores, topk_labels=topk_labels, topk_scores=topk_scores)
-        if return_logits:
-            res['logits'] = full
+        res = dict(low_res_logits=out.mask_logits, mask_boxes=out.mask_boxes, boxes=out.boxes, class_probs=probs,
+                   scores_log=out.scores, labels=labels, scores=label_scores, topk_labels=topk_labels,
+                   topk_scores=topk_scores)
+        res.update(full_size_masks(out.mask_logits, st.meta, stability_score_offset, return_logits))
         return res
 
     def predict(self,
@@ -691,7 +690,11 @@ class OVSAMPredictor:
                 False is accepted (kept for SamPredictor compatibility).
             top_k: how many classes to report per prompt (capped at the
                 vocabulary size; None: all classes).
-            return_logits: also return full-size mask logits.
+            return_logits: also return the mask logits at the original size,
+                (N, H, W) float32: 4 bytes per pixel and prompt (4.8 GB for 100
+                prompts on a 12-megapixel photo); without it only the boolean
+                masks are held at full size and the logits stay at low
+                resolution (``low_res_logits``).
             image_state: answer for this image (default: the current one).
             vocabulary: answer with this vocabulary (default: the current one).
         Raises:
@@ -739,6 +742,54 @@ class OVSAMPredictor:
 
 
 # ---------------------------------------------------------------- helpers
+#: full-size float values computed at once (64 prompts of 512 x 512, 2 of a
+#: 12-megapixel photo): bounds the temporary memory of the full-size work to
+#: a few times 128 MiB, whatever the number of prompts
+CHUNK_VALUES = 1 << 25
+
+
+@torch.no_grad()
+def full_size_masks(low_res_logits: Tensor, meta: Dict[str, Any], stability_score_offset: float = 1.0,
+                    return_logits: bool = False) -> Dict[str, Tensor]:
+    """Low-res logits (N, 1, 4E, 4E) -> what is needed at the original size.
+
+    ``masks`` (N, H, W) bool (logit > 0), ``stability_scores`` (N,) (SAM's
+    stability score at logit +-``stability_score_offset``, NaN -> 0) and
+    ``mask_confidence`` (N,) (mean foreground probability inside the mask),
+    plus ``logits`` (N, H, W) float32 only with ``return_logits``. The float
+    logits at the original size (:func:`~ovsam.models.common.postprocess_masks`)
+    are made a few prompts at a time (:data:`CHUNK_VALUES`), so only the boolean
+    masks are held for all N prompts: 100 prompts on a 12-megapixel photo keep
+    1.2 GB of masks instead of ~20 GB of float temporaries; ``return_logits``
+    adds 4 bytes per pixel and prompt (4.8 GB there).
+    """
+    from segment_anything.utils.amg import calculate_stability_score
+    n = low_res_logits.shape[0]
+    h, w = (int(v) for v in meta['ori_shape'])
+    dev = low_res_logits.device
+    masks = torch.empty((n, h, w), dtype=torch.bool, device=dev)
+    stability = torch.empty(n, device=dev)
+    conf = torch.empty(n, device=dev)
+    logits = torch.empty((n, h, w), device=dev) if return_logits else None
+    step = max(1, CHUNK_VALUES // max(1, h * w))
+    for s in range(0, n, step):
+        full = postprocess_masks(low_res_logits[s:s + step], meta['batch_input_shape'], meta['img_shape'],
+                                 (h, w))[:, 0]
+        fg = full > 0
+        masks[s:s + step] = fg
+        stability[s:s + step] = torch.nan_to_num(calculate_stability_score(full, 0.0, stability_score_offset),
+                                                 nan=0.0)
+        fgf = fg.flatten(1).float()
+        conf[s:s + step] = (full.sigmoid().flatten(1) * fgf).sum(1) / fgf.sum(1).clamp(min=1)
+        if logits is not None:
+            logits[s:s + step] = full
+        del full, fg, fgf
+    res = dict(masks=masks, stability_scores=stability, mask_confidence=conf)
+    if logits is not None:
+        res['logits'] = logits
+    return res
+
+
 def _quiet_init_weights(model) -> None:
     """``model.init_weights()`` without mmengine's per-parameter INFO log."""
     import logging
