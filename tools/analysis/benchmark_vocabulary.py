@@ -23,7 +23,6 @@ needed::
     python tools/analysis/benchmark_vocabulary.py --half --out work_dirs/vocab_bench.json
 """
 import argparse
-import json
 import os.path as osp
 import statistics
 import sys
