@@ -57,7 +57,7 @@ def test_backend_without_browser(scene):
     assert drawn.shape == rgb.shape and drawn.dtype == np.uint8 and not np.array_equal(drawn, rgb)
     short = {s.split(',')[0] for s in SHAPE_CLASSES}
     assert len(label) == 5 and set(label) <= short
-    assert f'last at ({x}, {y})' in status
+    assert f'last at ({x}, {y})' in status and 'top-5 of 10:' in status
     drawn, label, status = backend.prompt(rgb, [], '10, 20, 120, 140', 'Custom', 'cat\n# a comment\ndog\ncup,mug\n')
     assert set(label) == {'cat', 'dog', 'cup'} and backend.predictor.class_names == ['cat', 'dog', 'cup,mug']
     assert 'box (10, 20, 120, 140)' in status
@@ -68,6 +68,104 @@ def test_backend_without_browser(scene):
             backend.prompt(rgb, bad['points'], bad['box'], 'Shapes', '')
     with pytest.raises(ValueError, match='upload'):
         backend.prompt(None, [[1, 1, 1]], '', 'Shapes', '')
+
+
+def test_limits_errors_and_vocabulary_cache(scene):
+    from ovsam.apis import OVSAMPredictor
+    demo = _load_demo_module()
+    rgb, instances = scene
+    backend = demo.DemoBackend(OVSAMPredictor.from_tiny(vocabulary=None), max_megapixels=0.07,
+                               max_custom_classes=3, vocab_cache=2)
+    with pytest.raises(ValueError, match='at most 0.07 megapixels'):
+        backend.prompt(np.zeros((300, 300, 3), np.uint8), [], '1,1,20,20', 'Shapes', '')
+    with pytest.raises(ValueError, match='at most 3'):
+        backend.prompt(rgb, [], '1,1,20,20', 'Custom', 'a\nb\nc\nd')
+    with pytest.raises(ValueError, match='longer than'):
+        backend.prompt(rgb, [], '1,1,20,20', 'Custom', 'x' * 300)
+    for choice, custom in (('Shapes', ''), ('Custom', 'cat\ndog'), ('COCO', ''), ('Custom', 'cat\ndog')):
+        backend.prompt(rgb, [], '1,1,20,20', choice, custom)
+    assert backend.cache.keys() == [('COCO', None), ('Custom', 'cat\ndog')]  # Shapes dropped (least recent)
+    assert backend.predictor.class_names == ['cat', 'dog']
+    # visitors see messages, never tracebacks; unexpected errors are summarised
+    drawn, label, msg = demo.safe_call(backend.prompt, rgb, [], '1,2,3', 'Shapes', '')
+    assert drawn is None and msg.startswith('Error: box must be')
+
+    def bug():
+        raise KeyError('secret internals')
+    msg = demo.safe_call(bug)[2]
+    assert 'KeyError' in msg and 'secret' not in msg and 'Traceback' not in msg
+    with pytest.raises(ValueError, match='unknown vocabulary'):
+        backend.prompt(rgb, [], '1,1,20,20', 'Klingon', '')
+
+
+def test_vocabulary_file_choice_shows_top_k(scene, tmp_path):
+    import torch
+
+    from ovsam.apis import OVSAMPredictor
+    from ovsam.vocabulary import save_text_embeddings
+    demo = _load_demo_module()
+    rgb, _ = scene
+    names = [f'thing{i}' for i in range(40)]
+    path = str(tmp_path / 'big_vocab.pth')
+    save_text_embeddings(path, torch.randn(40, 1, 64, generator=torch.Generator().manual_seed(0)), names)
+    backend = demo.DemoBackend(OVSAMPredictor.from_tiny(vocabulary=None), vocabulary_file=[path], top_k=7)
+    assert 'File: big_vocab.pth' in backend.choices
+    _, label, status = backend.prompt(rgb, [], '10, 20, 120, 140', 'File: big_vocab.pth', '')
+    assert len(label) == 7 and set(label) <= set(names) and 'top-7 of 40:' in status
+    assert all(0 <= v <= 1 for v in label.values())
+    assert sorted(label.values(), reverse=True)[0] == pytest.approx(max(label.values()))
+
+
+def _toy_work_dir(root):
+    """A work dir laid out as tools/tiny_pipeline.py leaves it, holding a
+    random tiny model and a 10-class shapes vocabulary."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    import ovsam  # noqa: F401
+    from conftest import TINY_CFG
+    from ovsam.datasets.shapes import SHAPE_CLASSES
+    from ovsam.fileio import atomic_save_text, atomic_save_torch
+    from ovsam.vocabulary import save_text_embeddings
+    demo = _load_demo_module()
+    files = demo.TrainedToyModel(*(osp.join(root, f) for f in demo.TOY_FILES))
+    save_text_embeddings(files.vocabulary, torch.randn(len(SHAPE_CLASSES), 2, 64), list(SHAPE_CLASSES))
+    cfg = Config.fromfile(TINY_CFG)
+    cfg.model.mask_decoder.classifier.vocabulary = files.vocabulary
+    atomic_save_text(files.config, cfg.dump())
+    torch.manual_seed(3)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    atomic_save_torch(files.checkpoint, dict(state_dict=model.state_dict()))
+    return files
+
+
+def test_trained_toy_model_is_the_default(tmp_path, monkeypatch):
+    import sys as _sys
+    from ovsam.datasets.shapes import SHAPE_CLASSES
+    demo = _load_demo_module()
+    # the demo looks where the pipeline writes
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tools'))
+    from toy.pipeline import Pipeline
+    pipe = Pipeline(demo.parse_args(['--work-dir', str(tmp_path / 'wd')]))
+    assert osp.join(pipe.wd, demo.TOY_FILES.checkpoint) == pipe.ovsam_ckpt
+    assert osp.join(pipe.wd, demo.TOY_FILES.vocabulary) == pipe.vocab
+    assert 'clip2sam_tiny_1400it_shapes.py' == osp.basename(demo.TOY_FILES.config)
+    _sys.modules.pop('toy.pipeline', None)
+    _sys.modules.pop('toy', None)
+
+    assert demo.find_trained_model(str(tmp_path / 'missing')) is None
+    wd = str(tmp_path / 'wd')
+    files = _toy_work_dir(wd)
+    assert demo.find_trained_model(wd) == files
+    pred, kind, note = demo.load_predictor(demo.parse_args(['--work-dir', wd]))
+    assert kind == 'toy' and 'tiny_pipeline' in note and '10 classes' in note
+    assert pred.class_names == list(SHAPE_CLASSES)
+    backend = demo.DemoBackend(pred)
+    assert backend.choices[0] == 'Model'
+    pred, kind, note = demo.load_predictor(demo.parse_args(['--work-dir', wd, '--random-model']))
+    assert kind == 'random' and 'RANDOM' in note and pred.num_classes == 0
 
 
 def _free_port() -> int:
@@ -109,7 +207,7 @@ def test_web_demo_in_headless_chromium(scene, tmp_path):
                NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost')
     with open(log_path, 'w') as log:
         proc = subprocess.Popen([sys.executable, WEB_DEMO, '--host', '127.0.0.1', '--port', str(port),
-                                 '--points-per-side', '4', '--stability-thresh', '0'],
+                                 '--points-per-side', '4', '--stability-thresh', '0', '--random-model'],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     browser = None
     try:
@@ -121,7 +219,7 @@ def test_web_demo_in_headless_chromium(scene, tmp_path):
             page.set_default_timeout(60000)
             page.goto(url, wait_until='domcontentloaded')
             page.wait_for_selector('#input_image')
-            assert 'RANDOM' in page.locator('#random-model-note').inner_text()
+            assert 'RANDOM' in page.locator('#random-model-note').inner_text()  # --random-model
 
             page.locator('#input_image input[type=file]').set_input_files(image_path)
             shown = page.locator('#input_image img')
@@ -150,6 +248,22 @@ def test_web_demo_in_headless_chromium(scene, tmp_path):
             drawn = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
             assert drawn is not None and drawn.shape == rgb.shape
             assert np.abs(drawn[:, :, ::-1].astype(int) - rgb).mean() > 1  # masks were drawn
+
+            # a box dragged with the mouse: the prompt is the point above + this box
+            ys, xs = np.nonzero(instances[1][1])
+            want = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            sx, sy = bb['width'] / 256, bb['height'] / 256
+            page.mouse.move(bb['x'] + want[0] * sx, bb['y'] + want[1] * sy)
+            page.mouse.down()
+            page.mouse.move(bb['x'] + want[2] * sx, bb['y'] + want[3] * sy, steps=8)
+            page.mouse.up()
+            page.wait_for_function("document.querySelector('#status').innerText.includes('box (')")
+            status = page.locator('#status').inner_text()
+            assert '1 point(s)' in status, status  # the drag added no point
+            got = [float(v) for v in status.split('box (')[1].split(')')[0].split(',')]
+            assert np.abs(np.array(got) - want).max() <= 3, (got, want)
+            typed = page.locator('#box_text textarea, #box_text input').first.input_value()
+            assert [float(v) for v in typed.split(',')] == got  # the box field shows the dragged box
 
             # a typed box
             page.locator('#box_text textarea, #box_text input').first.fill('20, 30, 150, 160')
