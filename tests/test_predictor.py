@@ -480,3 +480,24 @@ def test_from_config_loads_checkpoints_strictly(cfg, scene, tmp_path):
     empty.set_image(scene)
     with pytest.raises(RuntimeError, match='no vocabulary'):
         empty.predict(box=[10, 10, 50, 50])
+
+
+@pytest.mark.slow  # two fresh processes import torch and mmdet
+def test_memory_probe_script_runs():
+    """tools/analysis/memory_probe.py (peak RSS on a large photo) runs both
+    cases, each in its own process, and prints a row per case."""
+    import os.path as osp
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    script = osp.join(ROOT, 'tools', 'analysis', 'memory_probe.py')
+    r = subprocess.run([sys.executable, script, '--width', '120', '--height', '90', '--num-prompts', '3',
+                        '--points-per-side', '2', '--threads', '1', '--max-gib', '6'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.split()}
+    assert '3 masks bool' in rows['boxes'] and 'from 4 points' in rows['everything'], r.stdout
+    for case in ('boxes', 'everything'):
+        peak, before = (float(v) for v in rows[case].split()[1:3])
+        assert 0 < before <= peak < 6
