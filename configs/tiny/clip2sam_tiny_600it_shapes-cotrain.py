@@ -3,7 +3,7 @@
 # generate_shapes_dataset(cotrain=...)):
 #   segmentation  train/ + instances_train.json: 6 classes with masks
 #   detection     boxes/ + instances_boxes.json: those 6 and hexagon, crescent, boxes only
-#   image-level   image_level/<class>/: star, heart, one object per image, no box, no mask
+#   image-level   image_level/<class>/: star, heart, one large object per image, no box, no mask
 # mapped into one joint vocabulary, 4 : 1 : 1 images per batch of 6
 # (mmdet's MultiSourceSampler). Validation: held-out scenes of all 10 classes.
 _base_ = ['./clip2sam_tiny_1400it_shapes.py']
@@ -38,11 +38,12 @@ det_pipeline = [
     dict(type='FilterAnnotations', min_gt_bbox_wh=(4, 4)),
     dict(type='PackDetInputs'),
 ]
-image_level_pipeline = [
+image_level_pipeline = [  # the whole-image box is cropped with the image (a random resized crop)
     dict(type='LoadImageFromFile'),
     dict(type='LoadWholeImageBox'),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=(img_scale, img_scale), keep_ratio=True),
+    dict(type='RandomResize', scale=(img_scale, img_scale), ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=(img_scale, img_scale), crop_type='absolute', allow_negative_crop=False),
     dict(type='PackDetInputs'),
 ]
 train_dataloader = dict(

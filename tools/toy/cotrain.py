@@ -71,7 +71,8 @@ class CoTrainDemo(Pipeline):
         params = dict(num_train=a.num_train, num_val=a.num_val, seed=a.seed + 2000, colour_mode=a.colour_mode,
                       sa1b=False, cotrain=dict(box_only=list(self.cfg0.box_only_classes),
                                                image_level=list(self.cfg0.image_level_classes),
-                                               num_boxes=a.num_boxes, num_image_level=a.num_image_level))
+                                               num_boxes=a.num_boxes, num_image_level=a.num_image_level,
+                                               image_level_diameter=[140.0, 230.0]))
         info = self.generate(self.cdata, params)
         if info is None:
             return log('  cached')
@@ -219,7 +220,7 @@ class CoTrainDemo(Pipeline):
 def main():
     p = pipeline_arg_parser(__doc__)
     p.set_defaults(work_dir=None)
-    p.add_argument('--iters', type=int, default=600, help='CLIP2SAM iterations, each of the two runs')
+    p.add_argument('--iters', type=int, default=300, help='CLIP2SAM iterations, each of the two runs')
     p.add_argument('--num-boxes', type=int, default=200, help='box-only scenes')
     p.add_argument('--num-image-level', type=int, default=100, help='single-object images per image-level class')
     args = p.parse_args()

@@ -583,13 +583,15 @@ def _write_sa1b(out_dir: str, num_images: int, names: List[str], seed: int,
             'num_masks': len(coco_anns)}
 
 
-def _write_image_level(out_dir: str, per_class: int, names: List[str], seed: int, render_kw: Dict) -> Dict:
+def _write_image_level(out_dir: str, per_class: int, names: List[str], seed: int, render_kw: Dict,
+                       diameter_range: Tuple[float, float] = (140.0, 230.0)) -> Dict:
     """Image-level data in class folders (the ImageNet layout):
     ``image_level/<outline>/<k>.jpg``, one object per image, no annotation but
     the folder; ``image_level/classes.txt`` names the folders' classes (sorted
-    folder order, synonyms kept)."""
+    folder order, synonyms kept). Object-centric like ImageNet's photos: the
+    object spans ``diameter_range`` pixels (at 256), most of the image."""
     root = osp.join(out_dir, 'image_level')
-    kw = dict(render_kw, min_objects=1, max_objects=1)
+    kw = dict(render_kw, min_objects=1, max_objects=1, diameter_range=tuple(diameter_range))
     folders = sorted((_shape_key(n), n) for n in names)
     count = 0
     for key, name in folders:
@@ -609,10 +611,10 @@ def _write_image_level(out_dir: str, per_class: int, names: List[str], seed: int
 def _write_cotrain_splits(out_dir: str, names: List[str], cotrain: Dict, num_train: int, seed: int,
                           render_kw: Dict) -> Dict:
     """The co-training variant (see ``generate_shapes_dataset(cotrain=...)``)."""
-    unknown = set(cotrain) - {'box_only', 'image_level', 'num_boxes', 'num_image_level'}
+    unknown = set(cotrain) - {'box_only', 'image_level', 'num_boxes', 'num_image_level', 'image_level_diameter'}
     if unknown:
         raise ValueError(f'cotrain: unknown keys {sorted(unknown)}; use box_only, image_level, num_boxes, '
-                         'num_image_level')
+                         'num_image_level, image_level_diameter')
     box_only = _resolve_classes(cotrain['box_only']) if cotrain.get('box_only') else []
     image_level = _resolve_classes(cotrain.get('image_level')) if cotrain.get('image_level') else []
     for group in (box_only, image_level):
@@ -631,7 +633,9 @@ def _write_cotrain_splits(out_dir: str, names: List[str], cotrain: Dict, num_tra
            'image_level_classes': tuple(names.index(n) for n in image_level)}
     out['boxes'] = _write_coco_split(out_dir, 'boxes', 'jpg', num_boxes, names, seed, render_kw,
                                      draw=seg + box_only, masks=False) if box_only else None
-    out['image_level'] = _write_image_level(out_dir, per_class, image_level, seed, render_kw) if image_level else None
+    out['image_level'] = _write_image_level(out_dir, per_class, image_level, seed, render_kw,
+                                            cotrain.get('image_level_diameter', (140.0, 230.0))) \
+        if image_level else None
     return out
 
 
@@ -689,7 +693,9 @@ def generate_shapes_dataset(out_dir: str,
             the segmentation and box-only classes with boxes and labels but
             no masks (detection data); ``image_level/<outline>/`` holds
             ``num_image_level`` single-object images per image-level class,
-            with no box or mask (``image_level/classes.txt`` names them). The
+            with no box or mask, objects of ``image_level_diameter`` pixels
+            (default 140-230: object-centric, like ImageNet's photos;
+            ``image_level/classes.txt`` names them). The
             validation split keeps every class with masks. Categories are
             always all classes. Adds ``result['cotrain']``.
 
