@@ -761,7 +761,9 @@ def full_size_masks(low_res_logits: Tensor, meta: Dict[str, Any], stability_scor
     are made a few prompts at a time (:data:`CHUNK_VALUES`), so only the boolean
     masks are held for all N prompts: 100 prompts on a 12-megapixel photo keep
     1.2 GB of masks instead of ~20 GB of float temporaries; ``return_logits``
-    adds 4 bytes per pixel and prompt (4.8 GB there).
+    adds 4 bytes per pixel and prompt (4.8 GB there). The values are those of
+    one whole-batch computation (``mask_confidence`` up to the order of float
+    summation); runs under ``torch.no_grad`` (no autograd graph is kept).
     """
     from segment_anything.utils.amg import calculate_stability_score
     n = low_res_logits.shape[0]
