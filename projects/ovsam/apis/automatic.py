@@ -99,6 +99,15 @@ class OVSAMAutomaticMaskGenerator:
     predictor's image; with a predictor shared between threads, one
     ``generate`` call answers for one image and one vocabulary (those current
     when it starts).
+
+    Memory: no full-size float array is held for a batch (the predictor makes
+    masks and stability scores a few prompts at a time); masks stay boolean
+    and are run-length encoded a few at a time, so the peak is about one batch
+    of ``points_per_batch`` boolean masks at the crop's size (64 x 12 MB on a
+    12-megapixel photo, ``tools/analysis/memory_probe.py``), whatever the grid.
+    ``output_mode='binary_mask'`` returns every kept mask at full size (1 byte
+    per pixel each); ``min_mask_region_area`` uses segment_anything's
+    post-processing, which stacks all kept masks at once.
     """
 
     def __init__(self,
