@@ -147,7 +147,8 @@ class CoTrainDemo(Pipeline):
         return osp.join(self.out, f'clip2sam_{kind}', f'ovsam_tiny_{kind}.pth')
 
     def _train_stage2(self, kind):
-        if self.done(self.ckpt(kind), self.sam2clip_ckpt, self.joint_pth):
+        cfg_file = osp.join(ROOT, 'configs', 'tiny', COTRAIN_CFG)
+        if self.done(self.ckpt(kind), self.sam2clip_ckpt, self.joint_pth, cfg_file):
             return log('  cached')
         cfg = self.stage2_cfg(kind == 'cotrain', f'clip2sam_{kind}.py')
         wd = osp.join(self.out, f'clip2sam_{kind}')
