@@ -186,10 +186,6 @@ def test_automatic_generator_over_26k_classes(cfg, vocab_26k):
         assert len(a['topk']) == 3
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason='OVSAMPredictor._check_vocabulary_state (apis/predictor.py, not this module) still '
-                          'expects a padded (D, K + 1, P) buffer when a vocabulary is pinned; '
-                          'TextClassifier.check_buffer is the check that knows both layouts')
 def test_automatic_generator_with_the_flat_layout(cfg, vocab_26k):
     from ovsam.apis import OVSAMAutomaticMaskGenerator
     p = _predictor(cfg, 'auto')

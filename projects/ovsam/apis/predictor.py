@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models.classifier import TextClassifier
 from ..models.common import postprocess_masks
 from ..models.ovsam import ImageFeatures
 from ..models.prompts import PromptError
-from ..vocabulary import (TextEncoder, check_class_names, load_text_embeddings, match_class, pad_synonyms,
-                          resolve_vocabulary)
+from ..vocabulary import (SynonymTable, TextEncoder, check_class_names, load_text_embeddings, match_class,
+                          pad_synonyms, resolve_vocabulary)
 from .inputs import (ArrayLike, check_bool, check_class_indices, check_float, check_input_frame_prompts, check_int,
                      check_top_k, clip_boxes, image_to_rgb, preprocess_image, to_numpy, transform_prompts)
 
@@ -72,7 +73,8 @@ class ImageState:
 class VocabularyState:
     """One vocabulary as the predictor uses it: replaced as a whole, never changed.
 
-    ``cls_embed`` is the classifier's (D, K + 1, P) buffer (unit-norm text
+    ``cls_embed`` is the classifier's vocabulary buffer (padded (D, K + 1, P)
+    or flat (rows + 1, D + 1), see :class:`TextClassifier`; unit-norm text
     embeddings, background last) and ``split`` the model's class-split
     attributes for this vocabulary (see :meth:`OVSAM.set_class_split`).
     """
@@ -86,7 +88,7 @@ class VocabularyState:
 
     def embeddings(self) -> Tensor:
         """(K, P, D) unit-norm text embeddings (a CPU copy)."""
-        return self.cls_embed.permute(1, 2, 0)[:-1].detach().cpu().clone()
+        return TextClassifier.buffer_embeddings(self.cls_embed)
 
     def find(self, query: str) -> Optional[int]:
         """Index of the class sharing a synonym with ``query``, or None."""
@@ -266,6 +268,13 @@ class OVSAMPredictor:
         if vocabulary is not None:
             pred.set_vocabulary_spec(vocabulary)
         return pred
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: Union[str, torch.device] = 'cpu', **kwargs) -> 'OVSAMPredictor':
+        """A predictor of a one-folder model (:func:`ovsam.pretrained.save_pretrained`): config, weights
+        and vocabulary read offline and strictly; ``kwargs`` go to the constructor."""
+        from ..pretrained import predictor_from_pretrained
+        return predictor_from_pretrained(folder, device=device, predictor_cls=cls, **kwargs)
 
     @classmethod
     def from_tiny(cls,
@@ -452,7 +461,7 @@ class OVSAMPredictor:
         """Load a text-embedding file: this project's (``tools/gen_text_embeddings.py``)
         or an official bare ``[classes, synonyms, dim]`` tensor with ``class_names``
         (a list or a spec such as ``'lvis'``)."""
-        emb, names = load_text_embeddings(path, class_names=class_names)
+        emb, names = load_text_embeddings(path, class_names=class_names, layout='auto')
         names = check_class_names(names)
         seen = None if seen_classes is None else check_class_indices(seen_classes, names)
         with self._vocab_lock:
@@ -468,7 +477,13 @@ class OVSAMPredictor:
         else:
             self.set_vocabulary(vocab.class_names)
 
-    def _embedding_tensor(self, emb: Any, names: List[str]) -> Tensor:
+    def _embedding_tensor(self, emb: Any, names: List[str]) -> Union[Tensor, SynonymTable]:
+        if isinstance(emb, SynonymTable):  # a large vocabulary without padding (set_vocabulary_file)
+            dim = self.model.mask_decoder.embed_dim
+            if emb.dim != dim or emb.num_classes != len(names):
+                raise ValueError(f'a synonym table of {emb.num_classes} classes at width {emb.dim} does not fit '
+                                 f'{len(names)} class names and this model (width {dim})')
+            return emb
         if not isinstance(emb, Tensor):
             try:
                 emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
@@ -558,7 +573,10 @@ class OVSAMPredictor:
                 self.model.class_split(k)  # resolve a lazily read split before it is extended
                 base, novel = self.model.base_classes, self.model.novel_classes
             split = (None if base is None else list(base), None if novel is None else list(novel) + [k])
-            emb = pad_synonyms(list(vocab.embeddings()) + [new])
+            if TextClassifier.is_flat(vocab.cls_embed):
+                emb = SynonymTable.from_rows(TextClassifier.buffer_table(vocab.cls_embed).to_rows() + [new])
+            else:
+                emb = pad_synonyms(list(vocab.embeddings()) + [new])
             self._install(emb, list(vocab.class_names) + [name], split)
             return k
 
@@ -583,15 +601,19 @@ class OVSAMPredictor:
         if not isinstance(names, tuple) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f'vocabulary.class_names must be a non-empty tuple of strings, got {names!r}'[:200]
                              + f'; {fix}')
-        dim = int(self.model.mask_decoder.classifier.cls_embed.shape[0])
+        dim = TextClassifier.buffer_dim(self.model.mask_decoder.classifier.cls_embed)
         want = f'(D={dim}, classes + 1 = {len(names) + 1}, synonyms)'
-        if not isinstance(emb, Tensor) or emb.dim() != 3 or not emb.is_floating_point():
+        if isinstance(emb, Tensor) and emb.is_floating_point() and emb.dim() == 2:  # the flat layout
+            problem = TextClassifier.check_buffer(emb, dim, len(names))
+            if problem is not None:
+                raise ValueError(f'vocabulary.cls_embed does not fit this model: {problem}; {fix}')
+        elif not isinstance(emb, Tensor) or emb.dim() != 3 or not emb.is_floating_point():
             shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
             raise ValueError(f'vocabulary.cls_embed must be a float tensor of shape {want}, got {shape}; {fix}')
-        if emb.shape[0] != dim or emb.shape[1] != len(names) + 1 or emb.shape[2] < 1:
+        elif emb.shape[0] != dim or emb.shape[1] != len(names) + 1 or emb.shape[2] < 1:
             raise ValueError(f'vocabulary.cls_embed has shape {tuple(emb.shape)} but this model needs {want} '
                              f'for its {len(names)} class names (another model, or a hand-made state?); {fix}')
-        if not bool(torch.isfinite(emb).all()):
+        elif not bool(torch.isfinite(emb).all()):
             raise ValueError(f'vocabulary.cls_embed holds NaN or Inf; {fix}')
         ok_split = isinstance(split, tuple) and all(
             isinstance(item, tuple) and len(item) == 2 and item[0] in _SPLIT_ATTRS for item in split)
