@@ -248,7 +248,7 @@ def test_generated_cotraining_data_has_the_three_groups(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_cotraining_config_trains(tmp_path):
-    """configs/tiny/clip2sam_tiny_600it_shapes-cotrain.py end to end for 3
+    """configs/tiny/clip2sam_tiny_300it_shapes-cotrain.py end to end for 3
     iterations (random weights): three sources, joint vocabulary, multi-source
     batches, finite losses with mask losses from the segmentation scenes."""
     import os.path as osp
@@ -258,7 +258,7 @@ def test_tiny_cotraining_config_trains(tmp_path):
     from conftest import ROOT
     from ovsam.datasets import generate_shapes_dataset
     from ovsam.vocabulary.joint import JointVocabulary
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_600it_shapes-cotrain.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_300it_shapes-cotrain.py'))
     data = tmp_path / 'data'
     generate_shapes_dataset(str(data), num_train=6, num_val=2, sa1b=False, seed=1,
                             cotrain=dict(box_only=list(cfg.box_only_classes),
@@ -271,7 +271,7 @@ def test_tiny_cotraining_config_trains(tmp_path):
     g = torch.Generator().manual_seed(0)
     from ovsam.vocabulary import save_text_embeddings
     save_text_embeddings(str(data / 'joint_vocabulary.pth'), torch.randn(10, 1, 64, generator=g), joint.class_names)
-    text = open(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_600it_shapes-cotrain.py')).read()
+    text = open(osp.join(ROOT, 'configs', 'tiny', 'clip2sam_tiny_300it_shapes-cotrain.py')).read()
     text = text.replace("_base_ = ['./", f"_base_ = ['{osp.join(ROOT, 'configs', 'tiny')}/")
     text = text.replace("data_root = 'data/shapes_cotrain/'", f"data_root = '{data}/'")
     text += '''

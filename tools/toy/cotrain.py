@@ -17,7 +17,7 @@ classes come in three groups:
 CLIP2SAM (stage 2) is trained twice for the same number of iterations:
 without co-training (the segmentation scenes only: the other classes are
 unseen) and with co-training (the three sources through one joint vocabulary,
-4 : 1 : 1 images per batch, ``configs/tiny/clip2sam_tiny_600it_shapes-cotrain.py``).
+4 : 1 : 1 images per batch, ``configs/tiny/clip2sam_tiny_300it_shapes-cotrain.py``).
 Both are measured on held-out scenes of all ten classes with ground-truth box
 prompts: accuracy per group, CLIP2SAM's head alone and with the frozen-CLIP
 ensemble, and mask IoU. Nothing is tuned on those scenes.
@@ -38,7 +38,7 @@ from toy.pipeline import ROOT, Pipeline, log, pipeline_arg_parser  # noqa: E402
 
 from ovsam.fileio import atomic_save_json, atomic_save_text  # noqa: E402
 
-COTRAIN_CFG = 'clip2sam_tiny_600it_shapes-cotrain.py'
+COTRAIN_CFG = 'clip2sam_tiny_300it_shapes-cotrain.py'
 
 
 def _detach_log_handlers(stream):

@@ -46,6 +46,8 @@ image_level_pipeline = [  # the whole-image box is cropped with the image (a ran
     dict(type='RandomCrop', crop_size=(img_scale, img_scale), crop_type='absolute', allow_negative_crop=False),
     dict(type='PackDetInputs'),
 ]
+# 4 segmentation scenes, 1 box scene and 1 image-level image per batch (4 : 2 : 4
+# was measured too: no better, 1.6x slower; docs/large_vocabulary.md)
 train_dataloader = dict(
     batch_size=6,
     sampler=dict(_delete_=True, type='MultiSourceSampler', batch_size=6, source_ratio=[4, 1, 1]),
@@ -73,7 +75,7 @@ val_evaluator = [
 test_evaluator = val_evaluator
 model = dict(mask_decoder=dict(classifier=dict(vocabulary=vocabulary)))
 
-max_iters = 600
+max_iters = 300
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
