@@ -324,3 +324,23 @@ def test_runtime_bad_inputs_in_process(exported, tmp_path):
         p.predict(box=[0, 0, 5, 5], image_state='x')
     p.set_vocabulary()
     assert p.class_names == manifest['class_names']
+
+
+def test_export_refuses_a_flat_vocabulary_with_a_fix(tmp_path):
+    """A vocabulary held one row per synonym (large vocabularies) is not what
+    the graphs take: the export says so and how to export instead, and
+    writes nothing."""
+    import torch
+    from mmengine.config import Config
+
+    from conftest import TINY_CFG
+    from ovsam.apis.onnx_export import export_deployment
+    model = build_tiny(Config.fromfile(TINY_CFG), num_classes=4)
+    clf = model.mask_decoder.classifier
+    emb = torch.randn(4, 2, clf.cls_embed.shape[0])
+    clf.layout = 'flat'
+    clf.set_vocabulary(emb)
+    assert clf.flat
+    with pytest.raises(ValueError, match="flat .*layout='padded'"):
+        export_deployment(model, str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')

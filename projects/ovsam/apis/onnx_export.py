@@ -484,6 +484,10 @@ def export_deployment(model: nn.Module, out_dir: str, opset: int = 17,
     if k <= 0:
         raise RuntimeError('the model has no vocabulary: set one before exporting (e.g. OVSAMPredictor.set_vocabulary '
                            'or --vocabulary)')
+    if clf.flat:
+        raise ValueError(f'the model holds its {k}-class vocabulary in the flat (one row per synonym) layout, which '
+                         'the ONNX graphs do not take; export it with a padded vocabulary (TextClassifier '
+                         "layout='padded', or set_vocabulary with a (K, P, D) tensor), or a smaller vocabulary")
     names = _class_names(model, class_names)
     seen, allowed = model.class_split(k)
     dp = model.data_preprocessor
