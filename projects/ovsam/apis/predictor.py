@@ -270,13 +270,6 @@ class OVSAMPredictor:
         return pred
 
     @classmethod
-    def from_pretrained(cls, folder: str, device: Union[str, torch.device] = 'cpu', **kwargs) -> 'OVSAMPredictor':
-        """A predictor of a one-folder model (:func:`ovsam.pretrained.save_pretrained`): config, weights
-        and vocabulary read offline and strictly; ``kwargs`` go to the constructor."""
-        from ..pretrained import predictor_from_pretrained
-        return predictor_from_pretrained(folder, device=device, predictor_cls=cls, **kwargs)
-
-    @classmethod
     def from_tiny(cls,
                   seed: int = 0,
                   vocabulary: Optional[Union[str, Sequence[str]]] = 'shapes',
