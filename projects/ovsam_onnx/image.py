@@ -24,25 +24,35 @@ _PIL_16BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 def image_to_rgb(image: Any, image_format: str = 'RGB', name: str = 'image') -> np.ndarray:
     """Any supported image -> a NEW (H, W, 3) RGB array, uint8 or float32 in [0, 255].
 
+    Accepts numpy arrays (H x W gray, H x W x 1, H x W x 3 RGB/BGR, H x W x 4
+    RGBA/BGRA) and PIL images (``ovsam.apis.inputs.image_to_rgb`` adds torch
+    tensors and follows these rules: this is their one owner); values
+    are converted by the rules of ``ovsam.apis.inputs``' docstring (16-bit data scaled
+    from its full range, floats from [0, 1]). Alpha is dropped (not
+    composited). The result never shares memory with ``image``.
+
     Raises:
         ValueError: naming ``name`` and the fix, for anything the rules do not cover.
     """
     if not isinstance(image_format, str) or image_format.upper() not in ('RGB', 'BGR'):
         raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
     fmt = image_format.upper()
+    pil_mode = None
     if image is None:
         raise ValueError(f'{name} is None: pass an H x W x 3 RGB array (or a PIL image)')
     if isinstance(image, (str, bytes, os.PathLike)):
         raise ValueError(f'{name} is a path or bytes ({str(image)[:80]!r}), not pixels: read the file first '
                          '(e.g. np.asarray(PIL.Image.open(path).convert("RGB")))')
-    pil_mode = None
     try:
         from PIL import Image
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - PIL ships with mmcv/matplotlib
         Image = None
     if Image is not None and isinstance(image, Image.Image):
         pil_mode = image.mode
-        arr = np.array(image) if pil_mode in _PIL_16BIT + ('I', 'F', '1') else np.array(image.convert('RGB'))
+        if pil_mode in _PIL_16BIT + ('I', 'F', '1'):
+            arr = np.array(image)
+        else:
+            arr = np.array(image.convert('RGB'))
         fmt = 'RGB'
     else:
         try:
@@ -55,7 +65,8 @@ def image_to_rgb(image: Any, image_format: str = 'RGB', name: str = 'image') -> 
         raise ValueError(f'{name} has dtype {arr.dtype} (not pixel numbers; a ragged nested list?): pass an '
                          'H x W x 3 uint8 array, or floats in [0, 1]')
     if kind == 'c':
-        raise ValueError(f'{name} holds complex numbers ({arr.dtype}): pass real pixel values')
+        raise ValueError(f'{name} holds complex numbers ({arr.dtype}): pass real pixel values '
+                         '(e.g. np.abs(x) or x.real, scaled to uint8 or to [0, 1])')
     if arr.ndim == 4:
         raise ValueError(f'{name} has shape {arr.shape}, a batch of images: pass one H x W x C image at a time')
     if arr.ndim not in (2, 3):
@@ -75,7 +86,8 @@ def image_to_rgb(image: Any, image_format: str = 'RGB', name: str = 'image') -> 
         arr = arr[:, :, :3]
     if fmt == 'BGR':
         arr = arr[:, :, ::-1]
-    return np.array(arr, order='C', copy=True)
+    out = np.array(arr, order='C', copy=True)  # never a view of the caller's memory
+    return out
 
 
 def _pixel_values(arr: np.ndarray, name: str, pil_mode) -> np.ndarray:
@@ -96,18 +108,22 @@ def _pixel_values(arr: np.ndarray, name: str, pil_mode) -> np.ndarray:
             return (np.clip(arr, 0, 1) * 255.0).astype(np.float32)
         if pil_mode == 'F' and lo >= 0 and hi <= 255:
             return arr.astype(np.float32)
-        raise ValueError(f'float images must hold values in [0, 1]; {name} holds [{lo:.6g}, {hi:.6g}]: divide '
-                         '0..255 data by 255 (or pass uint8)')
+        what = "PIL 'F' images must hold values in [0, 1] or [0, 255]" if pil_mode == 'F' else \
+            'float images must hold values in [0, 1]'
+        raise ValueError(f'{what}; {name} holds [{lo:.6g}, {hi:.6g}]: divide 0..255 data by 255 (or pass '
+                         'uint8), and scale other data to [0, 1] yourself (e.g. (x - x.min()) / np.ptp(x))')
     if kind in 'iu':
         lo, hi = int(arr.min()), int(arr.max())
-        if (kind == 'u' and arr.dtype.itemsize == 2) or pil_mode in _PIL_16BIT + ('I', ):
+        sixteen = (kind == 'u' and arr.dtype.itemsize == 2) or pil_mode in _PIL_16BIT + ('I', )
+        if sixteen:
             if lo < 0 or hi > 65535:
-                raise ValueError(f'{name} (PIL mode {pil_mode!r}) holds {lo}..{hi}, outside the 16-bit range '
+                raise ValueError(f"{name} (PIL mode {pil_mode!r}) holds {lo}..{hi}, outside the 16-bit range "
                                  '0..65535: scale it to uint8, or to floats in [0, 1]')
             return (arr.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.float32)
         if lo < 0 or hi > 255:
             raise ValueError(f'{name} has dtype {arr.dtype} with values {lo}..{hi}: integer images other than '
-                             'uint16 must hold 0..255; convert to uint8 or to floats in [0, 1]')
+                             'uint16 must hold 0..255; pass uint16 for 16-bit data, or convert to uint8 or to '
+                             'floats in [0, 1]')
         return arr.astype(np.uint8)
     raise ValueError(f'{name} has unsupported dtype {arr.dtype}: pass uint8, uint16, or floats in [0, 1]')
 

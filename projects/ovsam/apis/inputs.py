@@ -29,13 +29,14 @@ images, channel counts other than 1, 3 or 4, complex / object / string
 arrays, NaN or Inf, values outside the rules above, batches (4-D arrays).
 """
 import numbers
-import os
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ovsam_onnx.image import image_to_rgb as _numpy_image_to_rgb
 
 from ..models.prompts import PromptError
 
@@ -45,7 +46,6 @@ ArrayLike = Union[np.ndarray, Sequence, Tensor]
 BORDER_TOL = 1.0
 #: largest |value| accepted in ``mask_input`` (the model's own low-res logits stay far below)
 MAX_MASK_LOGIT = 1e6
-_PIL_16BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -76,103 +76,16 @@ def image_to_rgb(image: Any, image_format: str = 'RGB', name: str = 'image') -> 
     from its full range, floats from [0, 1]). Alpha is dropped (not
     composited). The result never shares memory with ``image``.
 
+    The rules themselves live in :func:`ovsam_onnx.image.image_to_rgb` (numpy
+    only, so the torch-free runtime applies exactly the same ones); this adds
+    torch tensors.
+
     Raises:
         ValueError: naming ``name`` and the fix, for anything the rules do not cover.
     """
-    if not isinstance(image_format, str) or image_format.upper() not in ('RGB', 'BGR'):
-        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-    fmt = image_format.upper()
-    pil_mode = None
-    if image is None:
-        raise ValueError(f'{name} is None: pass an H x W x 3 RGB array (or a PIL image)')
-    if isinstance(image, (str, bytes, os.PathLike)):
-        raise ValueError(f'{name} is a path or bytes ({str(image)[:80]!r}), not pixels: read the file first '
-                         '(e.g. mmcv.imread(path, channel_order="rgb") or PIL.Image.open(path))')
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - PIL ships with mmcv/matplotlib
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
-        pil_mode = image.mode
-        if pil_mode in _PIL_16BIT + ('I', 'F', '1'):
-            arr = np.array(image)
-        else:
-            arr = np.array(image.convert('RGB'))
-        fmt = 'RGB'
-    elif isinstance(image, Tensor):
-        arr = _tensor_to_numpy(image, name)
-    else:
-        try:
-            arr = np.asarray(image)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f'{name} could not be read as an array ({e}): pass an H x W x 3 array of numbers') \
-                from None
-    kind = arr.dtype.kind
-    if kind in 'OUSVMm':
-        raise ValueError(f'{name} has dtype {arr.dtype} (not pixel numbers; a ragged nested list?): pass an '
-                         'H x W x 3 uint8 array, or floats in [0, 1]')
-    if kind == 'c':
-        raise ValueError(f'{name} holds complex numbers ({arr.dtype}): pass real pixel values '
-                         '(e.g. np.abs(x) or x.real, scaled to uint8 or to [0, 1])')
-    if arr.ndim == 4:
-        raise ValueError(f'{name} has shape {arr.shape}, a batch of images: pass one H x W x C image at a time')
-    if arr.ndim not in (2, 3):
-        raise ValueError(f'{name} must be an H x W or H x W x C array, got shape {arr.shape}')
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    h, w, c = arr.shape
-    if h == 0 or w == 0:
-        raise ValueError(f'{name} is empty (shape {arr.shape}): pass an image with at least one pixel')
-    if c not in (1, 3, 4):
-        raise ValueError(f'{name} must have 1, 3 or 4 channels on its last axis, got {c} (shape {arr.shape}); '
-                         'channel-first arrays must be transposed (np.transpose(x, (1, 2, 0)))')
-    arr = _pixel_values(arr, name, pil_mode)
-    if c == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif c == 4:
-        arr = arr[:, :, :3]
-    if fmt == 'BGR':
-        arr = arr[:, :, ::-1]
-    out = np.array(arr, order='C', copy=True)  # never a view of the caller's memory
-    return out
-
-
-def _pixel_values(arr: np.ndarray, name: str, pil_mode: Optional[str]) -> np.ndarray:
-    """uint8 or float32 in 0..255 by the module's rules."""
-    kind = arr.dtype.kind
-    if kind == 'b':
-        return arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint8:
-        return arr
-    if kind == 'f':
-        arr = arr.astype(np.float32) if arr.dtype.itemsize <= 4 else arr
-        finite = np.isfinite(arr)
-        if not finite.all():
-            raise ValueError(f'{name} contains NaN or Inf at {int((~finite).sum())} of {arr.size} values: replace '
-                             'them (e.g. np.nan_to_num(x, nan=0.0)) before passing the image')
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo >= -1e-6 and hi <= 1 + 1e-6:
-            return (np.clip(arr, 0, 1) * 255.0).astype(np.float32)
-        if pil_mode == 'F' and lo >= 0 and hi <= 255:
-            return arr.astype(np.float32)
-        what = "PIL 'F' images must hold values in [0, 1] or [0, 255]" if pil_mode == 'F' else \
-            'float images must hold values in [0, 1]'
-        raise ValueError(f'{what}; {name} holds [{lo:.6g}, {hi:.6g}]: divide 0..255 data by 255 (or pass '
-                         'uint8), and scale other data to [0, 1] yourself (e.g. (x - x.min()) / np.ptp(x))')
-    if kind in 'iu':
-        lo, hi = int(arr.min()), int(arr.max())
-        sixteen = (kind == 'u' and arr.dtype.itemsize == 2) or pil_mode in _PIL_16BIT + ('I', )
-        if sixteen:
-            if lo < 0 or hi > 65535:
-                raise ValueError(f"{name} (PIL mode {pil_mode!r}) holds {lo}..{hi}, outside the 16-bit range "
-                                 '0..65535: scale it to uint8, or to floats in [0, 1]')
-            return (arr.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.float32)
-        if lo < 0 or hi > 255:
-            raise ValueError(f'{name} has dtype {arr.dtype} with values {lo}..{hi}: integer images other than '
-                             'uint16 must hold 0..255; pass uint16 for 16-bit data, or convert to uint8 or to '
-                             'floats in [0, 1]')
-        return arr.astype(np.uint8)
-    raise ValueError(f'{name} has unsupported dtype {arr.dtype}: pass uint8, uint16, or floats in [0, 1]')
+    if isinstance(image, Tensor):
+        image = _tensor_to_numpy(image, name)
+    return _numpy_image_to_rgb(image, image_format, name)
 
 
 def preprocess_image(model: torch.nn.Module, rgb: np.ndarray, size: int,
