@@ -672,3 +672,21 @@ def test_plain_model_files_know_nothing_of_the_fast_paths():
                        (OpenCLIPBackbone, ('channels_last', 'fast_attention_pool')),
                        (SAM2CLIPAdapter, ('fast_attention', ))):
         assert not any(hasattr(cls, f) for f in flags), cls
+
+
+def test_image_features_are_nchw_once_per_image():
+    """The fast trunk runs channels-last, but every per-prompt RoIAlign (mmcv:
+    NCHW memory only) reads C5 and the FPN levels: ``extract_feat`` hands them
+    over contiguous, so no click copies a whole feature map."""
+    from mmengine.config import Config
+
+    from conftest import TINY_CFG
+    from ovsam.models.fast_inference import optimize_for_inference
+    model = build_tiny(Config.fromfile(TINY_CFG)).eval()
+    optimize_for_inference(model)
+    with torch.no_grad():
+        raw_c5 = model.backbone(torch.randn(1, 3, 256, 256))[-1]
+        feats = model.extract_feat(torch.randn(1, 3, 256, 256))
+    assert not raw_c5.is_contiguous(), 'the fast trunk no longer runs channels-last: this test checks nothing'
+    assert feats.clip_feats[-1].is_contiguous()
+    assert all(f.is_contiguous() for f in feats.fpn_feats)
