@@ -207,7 +207,7 @@ def test_benchmark_script_runs_small(tmp_path):
     spec.loader.exec_module(bench)
     out = str(tmp_path / 'bench.json')
     assert bench.main(['--classes', '300', '--dim', '16', '--threads', '1', '--repeats', '2', '--load-repeats', '1',
-                       '--batch', '4', '--out', out]) == 0
+                       '--batch', '4', '--agreement-queries', '5', '--out', out]) == 0
     r = json.load(open(out))
     assert r['classes'] == 300 and r['synonym_rows'] >= 300 and r['max_synonyms'] <= 40
     assert r['file_mb'] > 0 and r['recognise_ms'] > 0 and r['layout'] in ('flat', 'padded')

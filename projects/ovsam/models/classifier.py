@@ -209,14 +209,25 @@ class TextClassifier(nn.Module):
         sim = torch.einsum('nd,dkp->nkp', F.normalize(embed, dim=-1), self.cls_embed)
         return self.logit_scale.exp() * sim.max(dim=-1).values
 
-    @staticmethod
-    def _flat_cosine(x: Tensor, buf: Tensor, k: int) -> Tensor:
+    def _flat_cosine(self, x: Tensor, buf: Tensor, k: int) -> Tensor:
         """(N, D) unit vectors -> (N, K + 1) max cosine per class over a flat buffer."""
         d = buf.shape[1] - 1
-        sims = F.linear(x, buf[:, :d].to(x.dtype))  # (N, R + 1), one read of the table
+        sims = F.linear(x, buf[:, :d].to(x.dtype))  # (N, R + 1): one read of the table
+        return self.class_max(sims, self.extra_rows_class(buf, k), k)
+
+    @staticmethod
+    def extra_rows_class(buf: Tensor, k: int) -> Tensor:
+        """(R - K,) class index of a flat buffer's rows after the first synonyms."""
+        return buf[k:-1, -1].long()
+
+    @staticmethod
+    def class_max(sims: Tensor, extra_class: Tensor, k: int) -> Tensor:
+        """(N, R + 1) cosines to the rows of a flat buffer -> (N, K + 1) the
+        maximum over each class's rows (background last); ``extra_class``:
+        :meth:`extra_rows_class`."""
         out = torch.cat([sims[:, :k], sims[:, -1:]], dim=1)  # first synonyms + background
         extra = sims[:, k:-1]
         if extra.shape[1]:
-            index = buf[k:-1, d].long().expand(x.shape[0], -1)
-            out = out.scatter_reduce(1, index, extra, reduce='amax', include_self=True)
+            out = out.scatter_reduce(1, extra_class.expand(sims.shape[0], -1), extra, reduce='amax',
+                                     include_self=True)
         return out
