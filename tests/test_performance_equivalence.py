@@ -690,3 +690,150 @@ def test_image_features_are_nchw_once_per_image():
     assert not raw_c5.is_contiguous(), 'the fast trunk no longer runs channels-last: this test checks nothing'
     assert feats.clip_feats[-1].is_contiguous()
     assert all(f.is_contiguous() for f in feats.fpn_feats)
+
+
+@pytest.mark.parametrize('num_rois', [1, 3])
+def test_fast_region_embed_pools_only_the_levels_used(tiny_model, num_rois):
+    """One click maps to one FPN level: the fast head pools that level only
+    (mmdet's extractor also reads every unused level, ``sum() * 0``) and gives
+    the plain embeddings; under autograd it is the plain method."""
+    from ovsam.models.fast_inference import FastCLIP2SAMHead
+    head = copy.deepcopy(tiny_model.mask_decoder)
+    g = torch.Generator().manual_seed(1)
+    fpn = [torch.randn(1, 64, s, s, generator=g) for s in (64, 32, 16, 8)]
+    rois = torch.tensor([[0., 10., 20., 30., 34.], [0., 0., 0., 255., 255.], [0., 30., 30., 120., 100.]])[:num_rois]
+    label = torch.randn(num_rois, head.mask_decoder.transformer_dim, generator=g)
+    with torch.no_grad():
+        ref = head.region_embed(fpn, rois, label)
+        assert fast_path(head, 'decoder') == 1 and type(head) is FastCLIP2SAMHead
+        levels = head.roi.map_roi_levels(rois, len(fpn))
+        unused = sorted(set(range(len(fpn))) - set(levels.tolist()))
+        assert unused  # the case the fast path is for
+        poisoned = [f.clone() if i not in unused else torch.full_like(f, float('nan')) for i, f in enumerate(fpn)]
+        out = head.region_embed(poisoned, rois, label)  # unused levels are never read
+    torch.testing.assert_close(out, ref, **TOL)
+    out_grad = head.region_embed(fpn, rois, label)  # autograd: the plain extractor
+    torch.testing.assert_close(out_grad, ref, **TOL)
+    assert out_grad.requires_grad
+
+
+def test_softmax_over_few_tokens_matches():
+    from ovsam.models.fast_inference import _softmax_few
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 50, 8 * 5, generator=g) * 10
+    ref = logits.view(2, 50, 8, 5).softmax(-1).view(2, 50, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(_softmax_few(logits.clone(), 2, 8, 5), ref, **TOL)
+    x = logits.clone().requires_grad_(True)
+    _softmax_few(x, 2, 8, 5)[..., 0].sum().backward()
+    y = logits.clone().requires_grad_(True)
+    y.view(2, 50, 8, 5).softmax(-1).view(2, 50, 40)[..., 0].sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, **TOL)
+
+
+def test_fast_prompt_encoder_caches_the_dense_pe(tiny_model):
+    from ovsam.models.fast_inference import FastSAMPromptEncoder
+    pe = copy.deepcopy(tiny_model.pe)
+    ref = pe.get_dense_pe()
+    assert fast_path(pe, 'prompt_encoder') == 1 and type(pe) is FastSAMPromptEncoder
+    with torch.no_grad():
+        a, b = pe.get_dense_pe(), pe.get_dense_pe()
+        assert a is b  # computed once
+        torch.testing.assert_close(a, ref, atol=0, rtol=0)
+        pe.pe_layer.positional_encoding_gaussian_matrix.mul_(2)  # changed in place: recomputed
+        c = pe.get_dense_pe()
+    assert c is not a
+    fast_path(pe, 'prompt_encoder', False)
+    torch.testing.assert_close(c, pe.get_dense_pe(), atol=0, rtol=0)
+
+
+def test_postprocess_masks_same_size_is_exact():
+    """``postprocess_masks`` skips the resize when the original size is the
+    resized one: bilinear interpolation to the same size is the identity."""
+    import torch.nn.functional as F
+    from ovsam.models.common import postprocess_masks
+    x = torch.randn(3, 1, 32, 32)
+    full = F.interpolate(x, (128, 128), mode='bilinear', align_corners=False)[..., :96, :128]
+    assert torch.equal(F.interpolate(full, (96, 128), mode='bilinear', align_corners=False), full)
+    assert torch.equal(postprocess_masks(x, (128, 128), (96, 128), (96, 128)), full)
+    other = postprocess_masks(x, (128, 128), (96, 128), (48, 64))
+    assert other.shape == (3, 1, 48, 64)
+    torch.testing.assert_close(other, F.interpolate(full, (48, 64), mode='bilinear', align_corners=False))
+
+
+def _edge_boxes(size):
+    """Boxes in input pixels of a ``size`` square image: ordinary, partly and
+    wholly outside, tiny, the whole image, fractional."""
+    return torch.tensor([[10., 20., 200., 150.], [0., 0., size, size], [-50., -40., 30., 20.],
+                         [100., 100., 101., 102.], [size - 40., size - 60., size + 80., size + 10.],
+                         [33.3, 47.1, 88.8, 199.9], [size + 5., 3., size + 50., 40.]])
+
+
+@pytest.mark.parametrize('stride,sampling_ratio,out', [(4, 0, 7), (8, 0, 12), (32, 0, 12), (16, 2, 7)])
+def test_roi_align_windows_match_mmcv(stride, sampling_ratio, out):
+    """The separable RoIAlign weights reproduce mmcv's aligned RoIAlign,
+    boundary rules included, on channels-last and contiguous maps."""
+    from mmcv.ops import roi_align
+    from ovsam.models.fast_region_pool import roi_align_windows
+    size = 256
+    g = torch.Generator().manual_seed(stride)
+    feat = torch.randn(1, 16, size // stride, size // stride, generator=g)
+    boxes = _edge_boxes(size)
+    rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+    ref = roi_align(feat, rois, (out, out), 1. / stride, sampling_ratio, 'avg', True)
+    for f in (feat, feat.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(roi_align_windows(f, boxes, out, 1. / stride, sampling_ratio), ref, **TOL)
+
+
+def test_prepared_box_embed_matches_the_plain_branch(tiny_model):
+    """After ``prepare_box_embed`` the fast backbone embeds a few boxes from
+    the projected C5 maps; the plain branch (RoIAlign + attention pool) gives
+    the same embeddings. Not prepared, with autograd, or with many boxes it is
+    the plain branch; an in-place change of C5 drops the preparation."""
+    from ovsam.models.fast_inference import FastOpenCLIPBackbone
+    backbone = copy.deepcopy(tiny_model.backbone)
+    g = torch.Generator().manual_seed(3)
+    c5 = torch.randn(1, backbone.out_channels[-1], 8, 8, generator=g)
+    boxes = _edge_boxes(256)
+    rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+    with torch.no_grad():
+        ref = backbone.box_embed(c5, rois)
+        assert fast_path(backbone, 'clip_backbone') == 1 and type(backbone) is FastOpenCLIPBackbone
+        assert backbone._prepared(c5) is None
+        assert backbone.prepare_box_embed(c5)
+        view = c5[0:1]  # the predictor passes a view of the image's C5
+        assert backbone._prepared(view) is not None
+        torch.testing.assert_close(backbone.box_embed(view, rois), ref, **TOL)
+        torch.testing.assert_close(backbone.box_embed(c5, rois[:1]), ref[:1], **TOL)
+        backbone.prepared_max_boxes = 2  # more boxes than that: the plain branch
+        torch.testing.assert_close(backbone.box_embed(c5, rois), ref, **TOL)
+        c5.mul_(2)  # changed in place: prepared maps are stale and not used
+        assert backbone._prepared(c5) is None
+        torch.testing.assert_close(backbone.box_embed(c5, rois[:2]), tiny_model.backbone.box_embed(c5, rois[:2]),
+                                   **TOL)
+    assert not backbone.prepare_box_embed(torch.cat([c5, c5]))  # one image only
+
+
+def test_fast_predictor_clicks_match_the_plain_predictor(tiny_cfg):
+    """One click at a time through the predictor (prepared image, one-prompt
+    decoder, windowed RoIs, ...): the fast predictor answers as the plain one."""
+    import numpy as np
+    from ovsam.apis import OVSAMPredictor
+    model = build_tiny(tiny_cfg)
+    _randomise_rel_pos(model)
+    img = (np.random.default_rng(0).random((180, 240, 3)) * 255).astype(np.uint8)
+    preds = []
+    for fast in (False, True):
+        p = OVSAMPredictor(copy.deepcopy(model), clip_model_cfg=tiny_cfg.model.backbone.model_cfg,
+                           allow_random_text=True, fast=fast)
+        p.set_image(img)
+        outs = [p.predict(box=[20, 30, 120, 150]), p.predict(box=[0, 0, 239, 179]),
+                p.predict(point_coords=[[60, 70]], point_labels=[1])]
+        outs.append(p.predict(point_coords=[[60, 70], [100, 90]], point_labels=[1, 0],
+                              mask_input=outs[-1].low_res_logits))
+        preds.append(outs)
+    for a, b in zip(*preds):
+        assert np.array_equal(a.masks, b.masks) and np.array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(b.class_probs, a.class_probs, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(b.mask_confidence, a.mask_confidence, atol=1e-5)

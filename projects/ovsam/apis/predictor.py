@@ -372,8 +372,13 @@ class OVSAMPredictor:
 
     def set_image(self, image: Any, image_format: str = 'RGB') -> None:
         """Make ``image`` the current image (:meth:`compute_image_state`). If it
-        raises, the previous image stays current."""
+        raises, the previous image stays current. The current image is also
+        prepared for fast clicks where the model has such a step (the fast
+        backbone's ``prepare_box_embed``)."""
         state = self.compute_image_state(image, image_format)
+        prepare = getattr(self.model.backbone, 'prepare_box_embed', None)
+        if prepare is not None:
+            prepare(state.feats.clip_feats[-1])
         with self._image_lock:
             self._state = state
 
@@ -801,15 +806,14 @@ def full_size_masks(low_res_logits: Tensor, meta: Dict[str, Any], stability_scor
     for s in range(0, n, step):
         full = postprocess_masks(low_res_logits[s:s + step], meta['batch_input_shape'], meta['img_shape'],
                                  (h, w))[:, 0]
-        fg = full > 0
-        masks[s:s + step] = fg
+        fg = torch.gt(full, 0, out=masks[s:s + step])
         stability[s:s + step] = torch.nan_to_num(calculate_stability_score(full, 0.0, stability_score_offset),
                                                  nan=0.0)
-        fgf = fg.flatten(1).float()
-        conf[s:s + step] = (full.sigmoid().flatten(1) * fgf).sum(1) / fgf.sum(1).clamp(min=1)
+        fg_sig = torch.where(fg, full.sigmoid(), 0.)
+        conf[s:s + step] = fg_sig.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
         if logits is not None:
             logits[s:s + step] = full
-        del full, fg, fgf
+        del full, fg, fg_sig
     res = dict(masks=masks, stability_scores=stability, mask_confidence=conf)
     if logits is not None:
         res['logits'] = logits

@@ -39,6 +39,8 @@ def postprocess_masks(mask_logits: Tensor, pad_shape: Tuple[int, int], img_shape
     input frame, crop the padding, resize to the original image (bilinear)."""
     x = F.interpolate(mask_logits, tuple(pad_shape), mode='bilinear', align_corners=False)
     x = x[..., :img_shape[0], :img_shape[1]]
+    if tuple(img_shape) == tuple(ori_shape):  # bilinear to the same size is the identity
+        return x
     return F.interpolate(x, tuple(ori_shape), mode='bilinear', align_corners=False)
 
 

@@ -29,12 +29,16 @@ path                what changes
                     prompts of an image, prompts decoded in tiles, the two-way
                     transformer with the image-side projections folded away
                     (:func:`folded_two_way_transformer`), mask upscaling in token
-                    layout (:func:`upscale_and_predict_masks`).
+                    layout (:func:`upscale_and_predict_masks`), RoIs pooled from
+                    the FPN levels they map to only.
+``prompt_encoder``  :class:`FastSAMPromptEncoder`: the dense positional encoding
+                    computed once, not per call.
 ==================  =====================================================================
 
 Under autograd or autocast the in-place updates are skipped (the folded and
 fused forms stay differentiable and are tested against the plain gradients).
 """
+import weakref
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -42,8 +46,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+
 from .clip2sam import CLIP2SAMHead
 from .clip_backbone import OpenCLIPBackbone
+from .fast_region_pool import positions_match, prepare_region_pool, prepared_box_embed, roi_align_windows
+from .prompt_encoder import SAMPromptEncoder
 from .sam2clip import LevelProjection, SAM2CLIPAdapter
 from .scratch import reuse_scratch, scratch
 
@@ -447,6 +455,18 @@ def _tokens_to_image(attn, q_tokens: Tensor, keys_pe: Tensor, keys: Tensor) -> T
     return attn.out_proj(o)
 
 
+def _softmax_few(logits: Tensor, n: int, nh: int, t: int) -> Tensor:
+    """Softmax over the T (a handful of) prompt tokens of (N, L, H*T) logits,
+    per head. ``Tensor.softmax`` over a last dimension of 4-8 runs ~5x slower
+    than these four elementwise passes (L = 4,096 rows x heads)."""
+    x = logits.view(n, -1, nh, t)
+    x = x - x.amax(dim=-1, keepdim=True)
+    x = x.exp_() if _inplace_ok() else x.exp()
+    s = x.sum(dim=-1, keepdim=True)
+    x = x.div_(s) if _inplace_ok() else x / s
+    return x.view(n, -1, nh * t)
+
+
 def _image_to_tokens_residual(attn, keys_pe: Tensor, q_tokens: Tensor, v_tokens: Tensor, keys: Tensor) -> Tensor:
     """``keys + Attention(q=keys_pe, k=q_tokens, v=v_tokens)`` without projecting
     the image tokens.
@@ -468,18 +488,17 @@ def _image_to_tokens_residual(attn, keys_pe: Tensor, q_tokens: Tensor, v_tokens:
     bias = torch.einsum('nhtd,hd->nht', k, attn.q_proj.bias.view(nh, dh)).reshape(n, 1, nh * t)
     w_o = attn.out_proj.weight.view(c, nh, dh)
     vo = torch.einsum('nhtd,chd->nhtc', v, w_o).reshape(n, nh * t, c)           # (N, H*T, C)
+    # each head's weights sum to one over its T tokens: the H heads' rows of vo
+    # each carrying b_o / H add up to the output bias, with no pass over (L, C)
+    vo = vo + attn.out_proj.bias / nh
     if keys_pe.shape[0] == 1:
         logits = keys_pe[0] @ m.permute(1, 0, 2).reshape(c, n * nh * t)          # (L, N*H*T)
         logits = logits.view(-1, n, nh * t).transpose(0, 1)                      # (N, L, H*T)
     else:
         logits = torch.bmm(keys_pe, m)
-    probs = (logits + bias).view(n, -1, nh, t).softmax(dim=-1).view(n, -1, nh * t)
-    base = keys + attn.out_proj.bias
-    if base.shape[0] != n:
-        base = base.expand(n, -1, -1)
-    if not _inplace_ok() or base.stride(0) == 0:  # base is fresh otherwise
-        return torch.baddbmm(base, probs, vo)
-    return base.baddbmm_(probs, vo)
+    probs = _softmax_few(logits + bias, n, nh, t)
+    base = keys if keys.shape[0] == n else keys.expand(n, -1, -1)
+    return torch.baddbmm(base, probs, vo)
 
 
 def folded_two_way_transformer(transformer: nn.Module, image_embedding: Tensor, image_pe: Tensor,
@@ -543,6 +562,48 @@ class FastOpenCLIPBackbone(OpenCLIPBackbone):
             return attention_pool_first_token(self.head, feats)
         return super().pool(feats)
 
+    prepared_cache_size = 2
+    #: Boxes per call up to which the prepared path is used (its per-box work
+    #: grows with the C5 size; the folded pool reads the weights once per call).
+    prepared_max_boxes = 16
+
+    def prepare_box_embed(self, c5: Tensor) -> bool:
+        """Prepare one image's C5 (1, C5, h, w) for fast box embeddings
+        (:mod:`~ovsam.models.fast_region_pool`: its positions projected by the
+        attention pool once, ~0.3 s at real size, 38 MB kept for the last
+        :attr:`prepared_cache_size` images). For interactive use, where one
+        image gets many small calls. Returns whether it applies (a ResNet
+        tower, one image)."""
+        if self.tower_type != 'resnet' or c5.dim() != 4 or c5.shape[0] != 1 or \
+                not positions_match(self.head, self.roi_size):
+            return False
+        if self._prepared(c5) is None:
+            with torch.no_grad():
+                prepared = prepare_region_pool(self.head, self.clip_feature(c5))
+            cache = self.__dict__.setdefault('_prepared_c5', [])
+            cache.append((weakref.ref(c5), c5._version, prepared))
+            del cache[:-self.prepared_cache_size]
+        return True
+
+    def _prepared(self, c5: Tensor):
+        """The prepared maps of ``c5``: the same memory (a view of the prepared
+        tensor, e.g. ``clip_feats[-1][0:1]``; the prepared tensor is alive, so
+        its memory holds it) at the same in-place version."""
+        for ref, version, prepared in self.__dict__.get('_prepared_c5', ()):
+            t = ref()
+            if t is not None and t.data_ptr() == c5.data_ptr() and t.shape == c5.shape and \
+                    t.stride() == c5.stride() and t.dtype == c5.dtype and version == c5._version:
+                return prepared
+        return None
+
+    def box_embed(self, c5: Tensor, rois: Tensor) -> Tensor:
+        """As the plain method; from the prepared projections when ``c5`` was
+        prepared (:meth:`prepare_box_embed`) and no gradient is needed."""
+        prepared = None if torch.is_grad_enabled() or rois.shape[0] > self.prepared_max_boxes else self._prepared(c5)
+        if prepared is None or not bool((rois[:, 0] == 0).all()):
+            return super().box_embed(c5, rois)
+        return prepared_box_embed(self.head, prepared, rois[:, 1:].float(), self.roi_size)
+
 
 class FastLevelProjection(LevelProjection):
     """:class:`LevelProjection` whose upsampling (transposed) convolution runs
@@ -586,11 +647,12 @@ class FastCLIP2SAMHead(CLIP2SAMHead):
     def decode_prompts(self, image_embed: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
                        batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
         n = sparse.shape[0]
-        shared = n > 1 and bool((batch_idx == batch_idx[0]).all()) and (dense.shape[0] == 1
-                                                                         or dense.stride(0) == 0)
+        shared = n >= 1 and bool((batch_idx == batch_idx[0]).all()) and (dense.shape[0] == 1
+                                                                          or dense.stride(0) == 0)
         if not shared:
             return self.decode_masks(image_embed[batch_idx], image_pe, sparse, dense)
-        embed, dense = image_embed[batch_idx[:1]], dense[:1]
+        i = int(batch_idx[0])
+        embed, dense = image_embed[i:i + 1], dense[:1]  # views: no copy of the embedding
         chunk = self.prompt_chunk
         if 0 < chunk < n:
             outs = [self.decode_masks(embed, image_pe, sparse[s:s + chunk], dense) for s in range(0, n, chunk)]
@@ -616,6 +678,60 @@ class FastCLIP2SAMHead(CLIP2SAMHead):
             src = src.expand(n, -1, -1)
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
         return upscale_and_predict_masks(dec.output_upscaling, src, hyper, h, w), hs[:, 0]
+
+    def region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
+        """As the plain method, pooling only the FPN levels the RoIs map to.
+
+        mmdet's ``SingleRoIExtractor`` adds ``feats[i].sum() * 0`` for every
+        level no RoI maps to, so that DDP sees each level in the graph; at
+        inference that is a pass over the unused levels per call (one click:
+        the 256 x 256 and 128 x 128 levels, ~4x the work of the RoIAlign
+        itself). Same values for finite features.
+        """
+        if torch.is_grad_enabled() or not isinstance(self.roi, SingleRoIExtractor) or len(fpn_feats) == 1:
+            return super().region_embed(fpn_feats, rois, label_out)
+        rois = rois.float()
+        levels = self.roi.map_roi_levels(rois, len(fpn_feats))
+        out_size = self.roi.roi_layers[0].output_size
+        roi_feats = rois.new_zeros(rois.shape[0], self.roi.out_channels, *out_size)
+        for lvl in levels.unique().tolist():
+            inds = (levels == lvl).nonzero(as_tuple=False)[:, 0]
+            layer, feat = self.roi.roi_layers[lvl], fpn_feats[lvl]
+            if self._windowed(layer, feat, rois[inds]):
+                roi_feats[inds] = roi_align_windows(feat.float(), rois[inds, 1:], layer.output_size[0],
+                                                    layer.spatial_scale, layer.sampling_ratio)
+            else:
+                roi_feats[inds] = layer(feat.float().contiguous(), rois[inds])
+        return self.embed_roi_feats(roi_feats, label_out)
+
+    #: RoIs per FPN level up to which each is pooled from its own window
+    #: (:func:`~ovsam.models.fast_region_pool.roi_align_windows`).
+    windowed_max_rois = 8
+
+    def _windowed(self, layer: nn.Module, feat: Tensor, rois: Tensor) -> bool:
+        from mmcv.ops import RoIAlign
+        return (isinstance(layer, RoIAlign) and layer.pool_mode == 'avg' and layer.aligned
+                and not layer.use_torchvision and layer.output_size[0] == layer.output_size[1]
+                and feat.shape[0] == 1 and rois.shape[0] <= self.windowed_max_rois and bool((rois[:, 0] == 0).all()))
+
+
+class FastSAMPromptEncoder(SAMPromptEncoder):
+    """:class:`SAMPromptEncoder` whose dense positional encoding (the same
+    (1, C, E, E) map for every prompt: a random-Fourier ``sin`` / ``cos`` of
+    the 64 x 64 grid) is computed once and kept while the encoder's Gaussian
+    matrix is unchanged (same tensor, same in-place version)."""
+
+    def get_dense_pe(self) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().get_dense_pe()
+        gauss = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (gauss.data_ptr(), gauss._version, gauss.device, gauss.dtype, tuple(self.image_embedding_size),
+               torch.is_autocast_enabled(gauss.device.type))
+        cached = self.__dict__.get('_dense_pe')
+        if cached is None or cached[0] != key or cached[1]() is not gauss:
+            cached = (key, weakref.ref(gauss), super().get_dense_pe())
+            self.__dict__['_dense_pe'] = cached
+        return cached[2]
 
 
 # ----------------------------------------------------------------------------
@@ -654,11 +770,12 @@ FAST_PATHS = {
     'adapter': _swap_classes([(SAM2CLIPAdapter, FastSAM2CLIPAdapter), (LevelProjection, FastLevelProjection)]),
     'channels_last': _channels_last_weights,
     'decoder': _swap_classes([(CLIP2SAMHead, FastCLIP2SAMHead)]),
+    'prompt_encoder': _swap_classes([(SAMPromptEncoder, FastSAMPromptEncoder)]),
 }
 
 #: The fast classes (what :func:`fast_modules` looks for).
 FAST_CLASSES = (FastBlock, FastOpenCLIPBackbone, FoldedBNConv2d, FoldedBatchNorm2d, FastSAM2CLIPAdapter,
-                FastLevelProjection, FastCLIP2SAMHead)
+                FastLevelProjection, FastCLIP2SAMHead, FastSAMPromptEncoder)
 
 
 def optimize_for_inference(model: nn.Module, enabled: bool = True, paths: Optional[Sequence[str]] = None,
