@@ -117,3 +117,19 @@ def test_model_flops_count_the_padding_of_windowed_blocks():
     assert f_model == f_plain
     pad, real = 12 * 12, 10 * 10  # 10x10 padded to 12x12 for 4x4 windows
     assert f_plain - f_fast == 2 * (pad - real) * 64 * (3 * 64 + 64)  # qkv + proj of the padding
+
+
+def test_click_benchmark_quick(tmp_path):
+    """tools/analysis/benchmark_click.py on the tiny model: every kind of click
+    timed for the fast and the plain predictor (figures, not timings)."""
+    out = tmp_path / 'click.json'
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark_click.py'), '--quick', '--plain',
+           '--threads', '1', '--repeats', '2', '--warmup', '0', '--height', '64', '--width', '80', '--out', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r['clicks']) == {f'{i}/{k}' for i in ('fast', 'plain') for k in ('box', 'point', 'refine')}
+    for v in r['clicks'].values():
+        assert 0 < v['min_ms'] <= v['median_ms'] <= v['p90_ms']
+    assert r['fast_set_image_s'] > 0 and r['plain_set_image_s'] > 0
+    assert 'fast  box' in proc.stdout
