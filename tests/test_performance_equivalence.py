@@ -805,8 +805,9 @@ def test_prepared_box_embed_matches_the_plain_branch(tiny_model):
         assert backbone._prepared(view) is not None
         torch.testing.assert_close(backbone.box_embed(view, rois), ref, **TOL)
         torch.testing.assert_close(backbone.box_embed(c5, rois[:1]), ref[:1], **TOL)
-        backbone.prepared_max_boxes = 2  # more boxes than that: the plain branch
-        torch.testing.assert_close(backbone.box_embed(c5, rois), ref, **TOL)
+        from ovsam.models.fast_region_pool import prepared_box_embed
+        chunked = prepared_box_embed(backbone.head, backbone._prepared(c5), boxes, backbone.roi_size, chunk=3)
+        torch.testing.assert_close(chunked, ref, **TOL)  # boxes in chunks
         c5.mul_(2)  # changed in place: prepared maps are stale and not used
         assert backbone._prepared(c5) is None
         torch.testing.assert_close(backbone.box_embed(c5, rois[:2]), tiny_model.backbone.box_embed(c5, rois[:2]),
@@ -837,3 +838,16 @@ def test_fast_predictor_clicks_match_the_plain_predictor(tiny_cfg):
         np.testing.assert_allclose(b.class_probs, a.class_probs, atol=1e-5, rtol=1e-4)
         np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(b.mask_confidence, a.mask_confidence, atol=1e-5)
+
+
+@pytest.mark.parametrize('offset', [1.0, 0.5, 0.0])
+def test_stability_scores_match_segment_anything(offset):
+    from segment_anything.utils.amg import calculate_stability_score
+    from ovsam.apis.predictor import stability_scores
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 37, 53, generator=g) * 3
+    logits[1] = -10  # empty at every threshold: NaN in both
+    logits[2, :5] = 10
+    ref, out = calculate_stability_score(logits, 0.0, offset), stability_scores(logits, offset)
+    assert torch.equal(torch.isnan(ref), torch.isnan(out)) and bool(torch.isnan(out[1]))
+    torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), atol=0, rtol=0)

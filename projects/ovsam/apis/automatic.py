@@ -289,6 +289,7 @@ class OVSAMAutomaticMaskGenerator:
                 # the stored image is uint8, or float32 in 0..255 (images take floats in 0..1)
                 st = pred.compute_image_state(crop if crop.dtype == np.uint8 else
                                               np.clip(crop / 255.0, 0.0, 1.0))
+            pred.prepare_image_state(st)  # a grid of prompts on it (a no-op when still prepared)
             data.cat(self._process_crop(st, vocab, crop_box, layer, (h, w)))
         if len(crop_boxes) > 1 and len(data['rles']) > 0:
             # duplicates across crops: prefer masks from smaller crops

@@ -563,9 +563,6 @@ class FastOpenCLIPBackbone(OpenCLIPBackbone):
         return super().pool(feats)
 
     prepared_cache_size = 2
-    #: Boxes per call up to which the prepared path is used (its per-box work
-    #: grows with the C5 size; the folded pool reads the weights once per call).
-    prepared_max_boxes = 16
 
     def prepare_box_embed(self, c5: Tensor) -> bool:
         """Prepare one image's C5 (1, C5, h, w) for fast box embeddings
@@ -599,7 +596,7 @@ class FastOpenCLIPBackbone(OpenCLIPBackbone):
     def box_embed(self, c5: Tensor, rois: Tensor) -> Tensor:
         """As the plain method; from the prepared projections when ``c5`` was
         prepared (:meth:`prepare_box_embed`) and no gradient is needed."""
-        prepared = None if torch.is_grad_enabled() or rois.shape[0] > self.prepared_max_boxes else self._prepared(c5)
+        prepared = None if torch.is_grad_enabled() else self._prepared(c5)
         if prepared is None or not bool((rois[:, 0] == 0).all()):
             return super().box_embed(c5, rois)
         return prepared_box_embed(self.head, prepared, rois[:, 1:].float(), self.roi_size)

@@ -134,9 +134,13 @@ def prepare_region_pool(pool, c5: Tensor, spatial_scale: float = 1 / 32.) -> Pre
                               heads(qkv[:, 2 * c:]).contiguous(), pos_q, pos_kv, h, w, spatial_scale)
 
 
-def prepared_box_embed(pool, prepared: PreparedRegionPool, boxes: Tensor, roi_size: int) -> Tensor:
+def prepared_box_embed(pool, prepared: PreparedRegionPool, boxes: Tensor, roi_size: int,
+                       chunk: int = 64) -> Tensor:
     """open_clip ``AttentionPool2d(roi_align(C5, boxes))`` for its first token,
-    from the prepared image: boxes (N, 4) in input pixels -> (N, output_dim)."""
+    from the prepared image: boxes (N, 4) in input pixels -> (N, output_dim),
+    ``chunk`` boxes at a time."""
+    if boxes.shape[0] > chunk:
+        return torch.cat([prepared_box_embed(pool, prepared, b, roi_size, chunk) for b in boxes.split(chunk)])
     n = boxes.shape[0]
     h, w, r = prepared.height, prepared.width, roi_size
     c = prepared.q_map.shape[1]
@@ -146,17 +150,22 @@ def prepared_box_embed(pool, prepared: PreparedRegionPool, boxes: Tensor, roi_si
     b = boxes.double() * prepared.spatial_scale
     ay = roi_align_axis_weights(b[:, 1], b[:, 3], h, r).to(dtype)                   # (N, R, H)
     ax = roi_align_axis_weights(b[:, 0], b[:, 2], w, r).to(dtype)                   # (N, R, W)
-    w_bins = torch.einsum('niy,njx->nijyx', ay, ax).reshape(n, r * r, h * w)        # (N, R*R, HW)
-    w_tok = torch.cat([w_bins.mean(dim=1, keepdim=True), w_bins], dim=1)          # (N, L, HW): token 0 = mean
+    # token 0 (the mean of the R*R bins) samples C5 with the outer product of the mean weights
+    w0 = torch.einsum('ny,nx->nyx', ay.mean(dim=1), ax.mean(dim=1)).reshape(n, h * w)  # (N, HW)
     pos_k, pos_v = prepared.pos_kv.split(c, dim=1)
-    q = ((w_tok[:, 0] @ prepared.q_map + prepared.pos_q) * d ** -0.5).view(n, nh, d)
+    q = ((w0 @ prepared.q_map + prepared.pos_q) * d ** -0.5).view(n, nh, d)
     # logits of token i: q . (W_k token_i + b_k); b_k is the same for every token and cancels
-    r_map = torch.bmm(q.transpose(0, 1), prepared.k_heads)                         # (heads, N, HW)
-    logits = torch.einsum('nlp,hnp->nhl', w_tok, r_map)
+    r_map = torch.bmm(q.transpose(0, 1), prepared.k_heads).view(nh, n, h, w)       # (heads, N, H, W)
+    bins = torch.einsum('niy,hnyx->nhix', ay, r_map)                               # rows, then columns:
+    bins = torch.einsum('nhix,njx->nhij', bins, ax).reshape(n, nh, r * r)          # the separable RoIAlign
+    logits = torch.cat([torch.einsum('np,hnp->nh', w0, r_map.reshape(nh, n, h * w))[..., None], bins], dim=2)
     logits = logits + torch.einsum('nhd,lhd->nhl', q, pos_k.reshape(-1, nh, d))
     attn = logits.softmax(dim=-1)                                                  # (N, heads, L)
     # output: sum_i a_i (W_v token_i + b_v) = (W_v C5) (sum_i a_i w_i) + W_v (sum_i a_i pos_i) + b_v
-    w_pos = torch.einsum('nhl,nlp->nhp', attn, w_tok)                              # (N, heads, HW)
+    a_bins = attn[..., 1:].reshape(n, nh, r, r)
+    w_pos = torch.einsum('nhij,njx->nhix', a_bins, ax)
+    w_pos = torch.einsum('nhix,niy->nhyx', w_pos, ay).reshape(n, nh, h * w)
+    w_pos = w_pos + attn[..., :1] * w0[:, None]                                    # (N, heads, HW)
     o = torch.bmm(w_pos.transpose(0, 1), prepared.v_heads).transpose(0, 1)         # (N, heads, d)
     o = o + torch.einsum('nhl,lhd->nhd', attn, pos_v.reshape(-1, nh, d))
     o = o.reshape(n, c) + pool.v_proj.bias.to(dtype)
