@@ -133,3 +133,14 @@ def test_click_benchmark_quick(tmp_path):
         assert 0 < v['min_ms'] <= v['median_ms'] <= v['p90_ms']
     assert r['fast_set_image_s'] > 0 and r['plain_set_image_s'] > 0
     assert 'fast  box' in proc.stdout
+
+
+def test_benchmark_photo_input():
+    """--photo: a scikit-image photo, resized and normalised, as OV-SAM's input."""
+    import torch
+    bench = _load_benchmark()
+    x = bench.photo_input('astronaut', 64)
+    assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
+    assert -3 < float(x.mean()) < 3 and float(x.std()) > 0.2  # normalised, not flat
+    img, sample = bench.make_inputs(64, 3, photo='coffee')
+    assert torch.equal(img, bench.photo_input('coffee', 64)) and len(sample.gt_instances) == 3

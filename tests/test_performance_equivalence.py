@@ -851,3 +851,32 @@ def test_stability_scores_match_segment_anything(offset):
     ref, out = calculate_stability_score(logits, 0.0, offset), stability_scores(logits, offset)
     assert torch.equal(torch.isnan(ref), torch.isnan(out)) and bool(torch.isnan(out[1]))
     torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), atol=0, rtol=0)
+
+
+def test_predictor_bf16_image_side_agrees_with_fp32(tiny_cfg):
+    """``precision='bf16'``: the image side under bfloat16 autocast, features
+    handed to the (float32) prompt side in float32; the masks agree with fp32's
+    on a photo (real structure), and the arithmetic did change."""
+    import numpy as np
+    from skimage import data
+    from ovsam.apis import OVSAMPredictor
+    model = build_tiny(tiny_cfg)
+    img = data.astronaut()
+    preds = {}
+    for precision in ('fp32', 'bf16'):
+        p = OVSAMPredictor(copy.deepcopy(model), clip_model_cfg=tiny_cfg.model.backbone.model_cfg,
+                           allow_random_text=True, precision=precision)
+        assert p.precision == precision
+        p.set_image(img)
+        feats = p.image_state.feats
+        assert all(f.dtype == torch.float32 for f in (*feats.clip_feats, feats.image_embed, *feats.fpn_feats))
+        preds[precision] = (feats, p.predict(box=np.array([[40, 30, 300, 400], [200, 100, 480, 500],
+                                                           [10, 300, 250, 510]], np.float32)))
+    (f32, a), (f16, b) = preds['fp32'], preds['bf16']
+    assert not torch.equal(f32.image_embed, f16.image_embed)
+    torch.testing.assert_close(f16.image_embed, f32.image_embed, atol=0.1, rtol=0.05)
+    inter = (a.masks & b.masks).reshape(3, -1).sum(1)
+    union = (a.masks | b.masks).reshape(3, -1).sum(1)
+    assert (inter / np.maximum(union, 1)).min() > 0.9
+    with pytest.raises(ValueError, match='precision must be one of'):
+        OVSAMPredictor(copy.deepcopy(model), allow_random_text=True, precision='fp16')

@@ -132,13 +132,33 @@ def count_flops(fn):
     return out, fc.get_total_flops()
 
 
-def make_inputs(size, num_prompts, seed=0):
-    """A random normalised image (1, 3, S, S) and ``num_prompts`` boxes inside it."""
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
+
+
+def photo_input(name, size):
+    """scikit-image's photo ``name`` resized to S x S and normalised with CLIP's
+    mean and std, (1, 3, S, S): an input with real structure."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from skimage import data
+    rgb = torch.from_numpy(np.ascontiguousarray(getattr(data, name)()[..., :3])).permute(2, 0, 1)[None].float()
+    rgb = F.interpolate(rgb, (size, size), mode='bilinear', align_corners=False)
+    mean = rgb.new_tensor([122.771, 116.746, 104.094]).view(1, 3, 1, 1)
+    std = rgb.new_tensor([68.501, 66.632, 70.323]).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
+def make_inputs(size, num_prompts, seed=0, photo=None):
+    """A normalised image (1, 3, S, S) (random, or the scikit-image ``photo``)
+    and ``num_prompts`` random boxes inside it."""
     import torch
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
     g = torch.Generator().manual_seed(seed)
     img = torch.randn(1, 3, size, size, generator=g)
+    if photo is not None:
+        img = photo_input(photo, size)
     xy = torch.rand(num_prompts, 2, generator=g) * size * 0.7
     wh = (0.1 + torch.rand(num_prompts, 2, generator=g) * 0.2) * size
     boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
@@ -256,9 +276,9 @@ def worker_ovsam(args):
     model = build_ovsam(args)
     fast = args.impl == 'fast'
     set_fast_paths(model, fast)
-    x, sample = make_inputs(args.image_size, args.num_prompts)
+    x, sample = make_inputs(args.image_size, args.num_prompts, photo=args.photo)
     meta = sample.metainfo
-    res = dict(model='ovsam', impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    res = dict(model='ovsam', photo=args.photo, impl=args.impl, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
     res['matmul_gflops'] = matmul_probe()
 
     def run(st):
@@ -529,7 +549,8 @@ def summarise(report) -> str:
     if 'bf16' in ov:
         b = ov['bf16']
         out.append(f"bf16 autocast: {b['speedup']:.2f}x faster; mask IoU vs fp32 {b['mask_iou_vs_fp32_mean']:.3f} "
-                   f"(mean) / {b['mask_iou_vs_fp32_min']:.3f} (min); label agreement {b['label_agreement']:.3f}")
+                   f"(mean) / {b['mask_iou_vs_fp32_min']:.3f} (min); label agreement {b['label_agreement']:.3f} "
+                   f"on {'the photo ' + ov['photo'] if ov.get('photo') else 'a random image'}")
     v = report.get('vocab')
     if v:
         out.append(f"vocabulary {v['classes']}x{v['synonyms']}x{v['dim']} ({v['file_mib']:.0f} MiB): "
@@ -557,6 +578,9 @@ def parse_args(argv=None):
                    help='fast: equivalent fused attention + shared decoder embedding (all models); '
                    'plain: the modules as released')
     p.add_argument('--bf16', action='store_true', help='also time OV-SAM under bfloat16 autocast')
+    p.add_argument('--photo', choices=PHOTOS, default=None,
+                   help="OV-SAM's input: a scikit-image photo (real structure, for the bf16 agreement) "
+                        'instead of noise')
     p.add_argument('--models', default=','.join(MODELS), help='comma-separated subset of ' + ','.join(MODELS))
     p.add_argument('--num-classes', type=int, default=80)
     p.add_argument('--synonyms', type=int, default=1)
