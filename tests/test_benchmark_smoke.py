@@ -144,3 +144,18 @@ def test_benchmark_photo_input():
     assert -3 < float(x.mean()) < 3 and float(x.std()) > 0.2  # normalised, not flat
     img, sample = bench.make_inputs(64, 3, photo='coffee')
     assert torch.equal(img, bench.photo_input('coffee', 64)) and len(sample.gt_instances) == 3
+
+
+def test_everything_benchmark_quick(tmp_path):
+    """tools/analysis/benchmark_everything.py with tiny models: both generators
+    run in their own process and the report has the ratio (figures, not timings)."""
+    out = tmp_path / 'everything.json'
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark_everything.py'), '--quick', '--size', '96',
+           '--points-per-side', '2', '--threads', '1', '--out', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    for name in ('ovsam', 'sam'):
+        m = r['models'][name]
+        assert m['generate_s'] > 0 and m['peak_rss_gib'] > 0 and m['masks'] >= 0
+    assert r['models']['ovsam']['labelled'] and r['time_ratio'] > 0
