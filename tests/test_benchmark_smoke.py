@@ -4,6 +4,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -146,6 +148,7 @@ def test_benchmark_photo_input():
     assert torch.equal(img, bench.photo_input('coffee', 64)) and len(sample.gt_instances) == 3
 
 
+@pytest.mark.slow
 def test_everything_benchmark_quick(tmp_path):
     """tools/analysis/benchmark_everything.py with tiny models: both generators
     run in their own process and the report has the ratio (figures, not timings)."""
