@@ -18,7 +18,9 @@ def test_package_holds_no_orchestration():
 @pytest.mark.slow
 def test_stage_limited_run(tmp_path):
     wd = str(tmp_path / 'toy')
+    # the class-hue data with the region recipe of stage 0 (the one 'random' colours use)
     tiny = ['--num-train', '8', '--num-val', '2', '--num-sa1b', '8', '--sam-iters', '2', '--clip-steps', '2',
+            '--clip-recipe', 'regions', '--clip-crop-steps', '2',
             '--sam2clip-iters', '2', '--clip2sam-iters', '2', '--work-dir', wd]
     r = subprocess.run([sys.executable, 'tools/tiny_pipeline.py', *tiny], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
@@ -30,3 +32,6 @@ def test_stage_limited_run(tmp_path):
     import torch
     vocab = torch.load(osp.join(wd, 'clip', 'shapes_vocabulary.pth'), weights_only=True)
     assert tuple(vocab['embeddings'].shape[::2]) == (10, 64) and vocab['class_names'][0] == 'circle,disc'
+    assert 'tiny CLIP (regions)' in r.stdout
+    with open(osp.join(wd, 'clip', 'trained_with.json')) as f:
+        assert json.load(f) == dict(recipe='regions', steps=2, seed=0, crop_steps=2)

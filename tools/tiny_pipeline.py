@@ -6,7 +6,8 @@
 Stages (each cached in the work dir; re-running skips finished stages):
   data   generate the shapes data set (COCO format + SA-1B layout)
   sam    stage -1: a tiny SAM trained class-agnostically (no pretrained SAM exists here)
-  clip   stage 0: a tiny CLIP trained contrastively on object crops and class names
+  clip   stage 0: a tiny CLIP trained on object crops and class names (--clip-recipe crops), then,
+         when colour does not name the class, on regions of whole scenes (regions)
   vocab  text embeddings of the class names with the tiny CLIP (ovsam.vocabulary.TextEncoder)
   sam2clip  stage 1: distil the tiny SAM's image embedding into frozen CLIP + SAM2CLIP
   clip2sam  stage 2: CLIP2SAM (decoder, FPN, recognition) on the COCO-format data

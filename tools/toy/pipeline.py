@@ -53,7 +53,14 @@ def pipeline_arg_parser(description: str):
                    "GENERATOR_SETTINGS); the trained model is also measured on held-out images of the "
                    "'shifted' setting (other sizes, counts, textures and backgrounds)")
     p.add_argument('--sam-iters', type=int, default=600)
-    p.add_argument('--clip-steps', type=int, default=300)
+    p.add_argument('--clip-recipe', choices=('auto', 'crops', 'regions'), default='auto',
+                   help="stage 0 (the tiny CLIP): 'crops' trains contrastively on object crops (enough when "
+                   "colour names the class); 'regions' trains on object crops, then on regions of whole scenes "
+                   "through the frozen-CLIP branch's RoIAlign + attention pool (needed when only the outline "
+                   "does); 'auto': 'regions' with --colour-mode random, else 'crops'")
+    p.add_argument('--clip-steps', type=int, default=300,
+                   help="stage 0 steps: crop batches ('crops'), or scene batches after the crop steps ('regions')")
+    p.add_argument('--clip-crop-steps', type=int, default=700, help="crop batches before the scene steps ('regions')")
     p.add_argument('--sam2clip-iters', type=int, default=200)
     p.add_argument('--clip2sam-iters', type=int, default=1400)
     p.add_argument('--threads', type=int, default=2)
@@ -209,17 +216,38 @@ class Pipeline:
     def clip_ckpt(self):
         return osp.join(self.wd, 'clip', 'tiny_clip.pt')
 
+    def clip_recipe(self):
+        a = self.args
+        recipe = a.clip_recipe if a.clip_recipe != 'auto' else ('regions' if a.colour_mode == 'random' else 'crops')
+        params = dict(recipe=recipe, steps=a.clip_steps, seed=a.seed)
+        if recipe == 'regions':
+            params['crop_steps'] = a.clip_crop_steps
+        return params
+
     def run_clip(self):
-        if self.done(self.clip_ckpt, osp.join(self.data, 'annotations', 'instances_train.json')):
-            return log('  cached')
+        params = self.clip_recipe()
+        stamp = osp.join(osp.dirname(self.clip_ckpt), 'trained_with.json')
+        if self.done(self.clip_ckpt, osp.join(self.data, 'annotations', 'instances_train.json')) and osp.exists(stamp):
+            with open(stamp) as f:
+                if json.load(f) == params:
+                    return log('  cached')
         from mmengine.config import Config
-        from ovsam.training import train_clip_on_crops
+        from ovsam.training import train_clip_on_crops, train_clip_on_regions
         cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models', 'ovsam_tiny.py'))
-        res = train_clip_on_crops(cfg.tiny_clip_cfg.to_dict(), osp.join(self.data, 'annotations', 'instances_train.json'),
-                                  osp.join(self.data, 'train'), self.clip_ckpt, steps=self.args.clip_steps, batch_size=40,
-                                  seed=self.args.seed, log_every=max(self.args.clip_steps // 5, 1))
-        log(f"  tiny CLIP: loss {res['loss']:.3f}, zero-shot crop accuracy {res['crop_accuracy']:.3f} "
-            f"on {res['num_crops']} training crops")
+        ann, imgs = osp.join(self.data, 'annotations', 'instances_train.json'), osp.join(self.data, 'train')
+        steps = params['steps']
+        if params['recipe'] == 'regions':
+            res = train_clip_on_regions(cfg.tiny_clip_cfg.to_dict(), ann, imgs, self.clip_ckpt, steps=steps,
+                                        crop_steps=params['crop_steps'], seed=params['seed'],
+                                        log_every=max((steps + params['crop_steps']) // 5, 1))
+            log(f"  tiny CLIP (regions): loss {res['loss']:.3f}, frozen-CLIP region accuracy "
+                f"{res['region_accuracy']:.3f} on the {res['num_objects']} training boxes")
+        else:
+            res = train_clip_on_crops(cfg.tiny_clip_cfg.to_dict(), ann, imgs, self.clip_ckpt, steps=steps,
+                                      batch_size=40, seed=params['seed'], log_every=max(steps // 5, 1))
+            log(f"  tiny CLIP (crops): loss {res['loss']:.3f}, zero-shot crop accuracy {res['crop_accuracy']:.3f} "
+                f"on {res['num_crops']} training crops")
+        atomic_save_json(stamp, params)
 
     @property
     def vocab(self):
