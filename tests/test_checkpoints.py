@@ -372,3 +372,24 @@ def test_large_vocab_split_files_round_trip_strictly(tiny_cfg, tmp_path):
         build_tiny(tiny_cfg, checkpoints=files)
     with pytest.raises(CheckpointError, match='needs the parts mask_decoder'):
         build_tiny(tiny_cfg, checkpoints=dict(clip2sam=dict(mask_decoder=dec)))
+
+
+def test_safe_load_maps_zip_files_instead_of_reading_them(tmp_path):
+    """Taking one small tensor from a large checkpoint (SAM-H's prompt encoder
+    from its 2.5 GB file) reads that tensor, not the file: the process's peak
+    memory grows by far less than the file's size."""
+    import subprocess
+    import sys
+    path = tmp_path / 'big.pth'
+    torch.save({'big': torch.zeros(64 * 2**20), 'small': torch.arange(10.)}, path)  # 256 MiB
+    code = (
+        'import resource, torch\n'
+        'from ovsam.checkpoint import safe_load\n'
+        'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
+        f'sd = safe_load({str(path)!r})\n'
+        'assert torch.equal(sd["small"], torch.arange(10.)) and sd["big"].shape == (64 * 2**20,)\n'
+        'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown_mib = float(out.stdout.strip().splitlines()[-1])
+    assert grown_mib < 64, f'peak RSS grew by {grown_mib:.0f} MiB loading a 256 MiB file'

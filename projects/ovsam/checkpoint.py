@@ -254,6 +254,11 @@ def safe_load(path: str, map_location='cpu'):
     loaded as one whatever it is called; empty, truncated, mislabelled and
     TorchScript files (which run code when loaded) are refused with a
     :class:`CheckpointError` saying which it is.
+
+    Zip-format files (torch >= 1.6) are memory-mapped (``mmap=True``, a private
+    mapping: changes never reach the file): a tensor is read from disk when it
+    is used, so taking the prompt encoder from SAM-H's 2.5 GB file reads a few
+    MB, and loading a model does not hold a second full copy of its weights.
     """
     path = _check_path(path)
     fmt = sniff_format(path)
@@ -265,6 +270,9 @@ def safe_load(path: str, map_location='cpu'):
         raise CheckpointError(f'cannot load {path!r}: {describe_unloadable(path)}')
     try:
         with torch.serialization.safe_globals(list(mmengine_safe_globals())):
+            if fmt == 'torch_zip' and map_location in ('cpu', None) and not path.endswith('.safetensors'):
+                # torch picks a loader from a path's name only for '.safetensors'; that case reads a file object
+                return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
             with open(path, 'rb') as f:  # a file object: torch never picks a loader from the name
                 return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:
