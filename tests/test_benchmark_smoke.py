@@ -162,3 +162,11 @@ def test_everything_benchmark_quick(tmp_path):
         m = r['models'][name]
         assert m['generate_s'] > 0 and m['peak_rss_gib'] > 0 and m['masks'] >= 0
     assert r['models']['ovsam']['labelled'] and r['time_ratio'] > 0
+
+
+def test_cold_start_script_names_missing_files(tmp_path):
+    """tools/analysis/cold_start.py load on a folder without the files says how to make them."""
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'cold_start.py'), 'load', str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert 'RN50x16.pt' in proc.stderr and 'make' in proc.stderr
