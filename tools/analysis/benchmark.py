@@ -45,6 +45,17 @@ TARGETS = dict(ovsam_vs_crop_time=0.35, image_encoder_matmul_fraction=0.75, deco
 
 
 # --------------------------------------------------------------------- helpers
+#: Where the workers run (``--device``); CPU is what CI and these machines test.
+DEVICE = 'cpu'
+
+
+def now() -> float:
+    """``time.perf_counter()`` after the device's queued work has finished."""
+    if DEVICE.startswith('cuda'):
+        import torch
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
 def rss_peak_mib() -> float:
     """RSS high-water mark of this process (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
@@ -59,14 +70,14 @@ def median(xs):
 def matmul_probe(size: int = 2048, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a square matmul (the machine's practical peak)."""
     import torch
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     for _ in range(2):
         a @ b
     best = float('inf')
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = now()
         a @ b
-        best = min(best, time.perf_counter() - t)
+        best = min(best, now() - t)
     return 2 * size**3 / best / 1e9
 
 
@@ -95,9 +106,9 @@ class Stages:
         self.t = {}
 
     def __call__(self, name, fn, *args, **kwargs):
-        t = time.perf_counter()
+        t = now()
         out = fn(*args, **kwargs)
-        self.t[name] = self.t.get(name, 0.) + time.perf_counter() - t
+        self.t[name] = self.t.get(name, 0.) + now() - t
         return out
 
 
@@ -166,9 +177,9 @@ def make_inputs(size, num_prompts, seed=0, photo=None):
                                          batch_input_shape=(size, size), pad_shape=(size, size),
                                          scale_factor=(1., 1.)))
     gt = InstanceData()
-    gt.bboxes = boxes
+    gt.bboxes = boxes.to(DEVICE)
     sample.gt_instances = gt
-    return img, sample
+    return img.to(DEVICE), sample
 
 
 # --------------------------------------------------------------------- builders
@@ -211,7 +222,7 @@ def build_ovsam(args):
     dim = model.mask_decoder.embed_dim
     g = torch.Generator().manual_seed(1)
     model.mask_decoder.classifier.set_vocabulary(torch.randn(args.num_classes, args.synonyms, dim, generator=g))
-    return model.eval()
+    return model.eval().to(DEVICE)
 
 
 def build_baseline(args, kind):
@@ -241,7 +252,7 @@ def build_baseline(args, kind):
     dim = model.clip.embed_dim
     g = torch.Generator().manual_seed(1)
     model.classifier.set_vocabulary(torch.randn(args.num_classes, args.synonyms, dim, generator=g))
-    return model.eval()
+    return model.eval().to(DEVICE)
 
 
 # --------------------------------------------------------------------- workers
@@ -303,11 +314,13 @@ def worker_ovsam(args):
         stages = []
         for _ in range(args.repeats):
             st = Stages()
-            t = time.perf_counter()
+            t = now()
             run(st)
-            times.append(time.perf_counter() - t)
+            times.append(now() - t)
             stages.append(st.t)
     res['peak_rss_mib'] = rss_peak_mib()
+    if DEVICE.startswith('cuda'):
+        res['peak_gpu_mib'] = torch.cuda.max_memory_allocated() / 2**20
     _summarise(res, times, stages, flops, image_stages=('clip_backbone', 'sam2clip_adapter', 'fpn'),
                prompt_stages=('prompts', ), num_prompts=args.num_prompts)
     res['image_encoder']['executed_gflops'] = (res['image_encoder']['gflops'] + executed_adapter / 1e9
@@ -330,24 +343,24 @@ def worker_ovsam(args):
             f_model = f
         ts = []
         for _ in range(max(args.repeats, 3)):
-            t = time.perf_counter()
+            t = now()
             decode_and_recognise(model, feats, many.gt_instances)
-            ts.append(time.perf_counter() - t)
+            ts.append(now() - t)
     # measurements only: the floors are derived from the run's best probe in targets()
     res['decode'] = dict(num_prompts=n, time_s=median(ts), per_prompt_ms=median(ts) / n * 1e3,
                          model_gflops=f_model / 1e9, executed_gflops=f / 1e9,
                          executed_gflops_per_s=f / 1e9 / median(ts), matmul_gflops=matmul_probe())
 
     if args.bf16:
-        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=getattr(torch, args.autocast_dtype)):
             for _ in range(max(args.warmup, 1)):
                 run(Stages())
             times, stages = [], []
             for _ in range(args.repeats):
                 st = Stages()
-                t = time.perf_counter()
+                t = now()
                 out = run(st)
-                times.append(time.perf_counter() - t)
+                times.append(now() - t)
                 stages.append(st.t)
         inter = (out.masks & ref.masks).flatten(1).sum(1).float()
         union = (out.masks | ref.masks).flatten(1).sum(1).float()
@@ -392,9 +405,9 @@ def worker_baseline(args, kind):
         times, stages = [], []
         for _ in range(args.repeats):
             st = Stages()
-            t = time.perf_counter()
+            t = now()
             run(st)
-            times.append(time.perf_counter() - t)
+            times.append(now() - t)
             stages.append(st.t)
     res['peak_rss_mib'] = rss_peak_mib()
     image = ('sam_image_encoder', 'clip_dense') if maskpool else ('sam_image_encoder', )
@@ -449,6 +462,8 @@ def vocab_load(args):
 
 def run_worker(args) -> dict:
     import torch
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     if args.worker == 'ovsam':
         return worker_ovsam(args)
@@ -578,6 +593,11 @@ def parse_args(argv=None):
                    help='fast: equivalent fused attention + shared decoder embedding (all models); '
                    'plain: the modules as released')
     p.add_argument('--bf16', action='store_true', help='also time OV-SAM under bfloat16 autocast')
+    p.add_argument('--device', default='cpu',
+                   help="where the models run: cpu (default; what CI tests) or cuda[:i] (times synchronise the GPU; "
+                        "the peak is then also torch's max allocated GPU memory)")
+    p.add_argument('--autocast-dtype', choices=('bfloat16', 'float16'), default='bfloat16',
+                   help='the reduced-precision path of --bf16 (float16: GPUs)')
     p.add_argument('--photo', choices=PHOTOS, default=None,
                    help="OV-SAM's input: a scikit-image photo (real structure, for the bf16 agreement) "
                         'instead of noise')
@@ -595,6 +615,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.image_size is None:
         args.image_size = 256 if args.quick else 1024
+    if args.device != 'cpu':
+        import torch
+        if not args.device.startswith('cuda') or not torch.cuda.is_available():
+            p.error(f'--device {args.device}: only cpu or cuda[:i], and CUDA needs a GPU torch can see '
+                    f'(torch.cuda.is_available() is {torch.cuda.is_available()})')
     if args.quick:
         args.decode_prompts = min(args.decode_prompts, 10)
         args.repeats = 1
@@ -615,8 +640,11 @@ def main(argv=None):
         atomic_save_json(args.worker_out, res)
         return
     import torch
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     report = dict(config=dict(image_size=args.image_size, num_prompts=args.num_prompts, threads=args.threads,
+                              device=args.device, autocast_dtype=args.autocast_dtype,
                               backbone='tiny' if args.quick else args.backbone, repeats=args.repeats,
                               impl=args.impl, bf16=args.bf16, quick=args.quick, decode_prompts=args.decode_prompts,
                               torch=torch.__version__, cpu_count=os.cpu_count()),

@@ -73,13 +73,14 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     bargs = B.parse_args(['--quick'] if args.quick else ['--image-size', '1024'])
     rgb = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
-    report = dict(threads=args.threads, image=[args.height, args.width], quick=args.quick, repeats=args.repeats)
+    report = dict(threads=args.threads, image=[args.height, args.width], quick=args.quick, repeats=args.repeats,
+                  device=args.device, precision=args.precision)
     preds = {}
     for name, fast in (('fast', True), ('plain', False)):
         if name == 'plain' and not args.plain:
             continue
         model = B.build_ovsam(bargs)
-        pred = OVSAMPredictor(model, fast=fast, allow_random_text=True,
+        pred = OVSAMPredictor(model, fast=fast, allow_random_text=True, device=args.device, precision=args.precision,
                               clip_model_cfg=B.ovsam_config(bargs).model.backbone.get('model_cfg'))
         t = time.perf_counter()
         pred.set_image(rgb)
@@ -92,7 +93,8 @@ def run(args) -> dict:
 
 
 def report_text(r: dict) -> str:
-    lines = [f"one click, {r['image'][0]} x {r['image'][1]} image, {r['threads']} threads, median of {r['repeats']} "
+    lines = [f"one click, {r['image'][0]} x {r['image'][1]} image, {r['device']}, {r['threads']} threads, image side "
+             f"{r['precision']}, median of {r['repeats']} "
              f"(min / p90){' [tiny model]' if r['quick'] else ''}",
              f"set_image (fast, incl. preparing clicks): {r['fast_set_image_s']:.2f} s"
              + (f"; plain: {r['plain_set_image_s']:.2f} s" if 'plain_set_image_s' in r else '')]
@@ -113,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--plain', action='store_true', help='also time fast=False in the same process (A/B)')
     p.add_argument('--quick', action='store_true', help='the tiny model (smoke test)')
+    p.add_argument('--device', default='cpu', help='cpu (default) or cuda[:i]')
+    p.add_argument('--precision', choices=('fp32', 'bf16', 'auto'), default='fp32',
+                   help="the predictor's image-side precision (set_image)")
     p.add_argument('--out', help='also write the figures as JSON (atomically)')
     args = p.parse_args(argv)
     for name in ('height', 'width', 'threads', 'repeats'):
@@ -120,6 +125,10 @@ def parse_args(argv=None):
             p.error(f'--{name} must be at least 1')
     if args.warmup < 0:
         p.error('--warmup must be >= 0')
+    if args.device != 'cpu':
+        import torch
+        if not args.device.startswith('cuda') or not torch.cuda.is_available():
+            p.error(f'--device {args.device}: only cpu or cuda[:i], and CUDA needs a GPU torch can see')
     return args
 
 
