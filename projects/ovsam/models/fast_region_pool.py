@@ -117,21 +117,20 @@ class PreparedRegionPool(NamedTuple):
 
 def prepare_region_pool(pool, c5: Tensor, spatial_scale: float = 1 / 32.) -> PreparedRegionPool:
     """Project one image's C5 (1, C, H, W) (already in the head's space) by the
-    attention pool's q/k/v weights: one (H*W, C) x (C, 3C) GEMM."""
+    attention pool's q/k/v weights: three (H*W, C) x (C, C) GEMMs."""
     if c5.dim() != 4 or c5.shape[0] != 1:
         raise ValueError(f'prepare_region_pool takes the C5 map of one image, (1, C, H, W); got {tuple(c5.shape)}')
     _, c, h, w = c5.shape
     tokens = c5[0].reshape(c, h * w).t().float()                                   # (HW, C)
-    weight = torch.cat([pool.q_proj.weight, pool.k_proj.weight, pool.v_proj.weight]).float()  # (3C, C)
     pos = pool.positional_embedding.float()                                        # (L, C)
-    pos_q = F.linear(pos[0], pool.q_proj.weight.float(), pool.q_proj.bias.float())
-    pos_kv = pos @ weight[c:].t()
+    proj = lambda lin, x: x @ lin.weight.float().t()  # noqa: E731  (no bias; one weight at a time)
+    pos_q = proj(pool.q_proj, pos[0]) + pool.q_proj.bias.float()
+    pos_kv = torch.cat([proj(pool.k_proj, pos), proj(pool.v_proj, pos)], dim=1)
     nh = pool.num_heads
-    qkv = tokens @ weight.t()                                                      # (HW, 3C)
     heads = lambda m: m.reshape(h * w, nh, c // nh).transpose(0, 1)  # noqa: E731  (heads, HW, d)
     # row vectors times these matrices: the layouts one GEMV per head reads best
-    return PreparedRegionPool(qkv[:, :c].contiguous(), heads(qkv[:, c:2 * c]).transpose(1, 2).contiguous(),
-                              heads(qkv[:, 2 * c:]).contiguous(), pos_q, pos_kv, h, w, spatial_scale)
+    return PreparedRegionPool(proj(pool.q_proj, tokens), heads(proj(pool.k_proj, tokens)).transpose(1, 2).contiguous(),
+                              heads(proj(pool.v_proj, tokens)).contiguous(), pos_q, pos_kv, h, w, spatial_scale)
 
 
 def prepared_box_embed(pool, prepared: PreparedRegionPool, boxes: Tensor, roi_size: int,
