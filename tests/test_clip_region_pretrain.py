@@ -61,6 +61,24 @@ def test_region_stage0_boxes_follow_the_flips():
         assert im[y0:y1, x0:x1].min() == 255 and im.sum() == img.sum(), op
 
 
+def test_region_stage0_windows_keep_boxes_on_their_objects():
+    """A window of a scene holds the chosen object's box, shifted to the window
+    and clipped; a box with less than half its area inside is dropped."""
+    from ovsam.training.region_pretrain import _window
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[10:20, 10:20] = 255
+    boxes = np.array([[10, 10, 20, 20], [40, 40, 64, 64]], np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        win, b, lab = _window(rng, img, boxes[:1], np.array([3]), 32)
+        assert win.shape == (32, 32, 3) and list(lab) == [3]
+        x0, y0, x1, y1 = b[0].astype(int)
+        assert win[y0:y1, x0:x1].min() == 255 and win[y0:y1, x0:x1].size == 300
+    for _ in range(20):  # a 16-px window never keeps both (they are 20 px apart)
+        win, b, lab = _window(rng, img, boxes, np.array([3, 4]), 16)
+        assert len(b) == len(lab) <= 1 and (b >= 0).all() and (b <= 16).all()
+
+
 def test_region_stage0_bad_input_is_clear(scenes, tmp_path):
     from ovsam.training import train_clip_on_regions
     root, cfg, info = scenes

@@ -47,7 +47,8 @@ def pipeline_arg_parser(description: str):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--colour-mode', choices=('class', 'random'), default='class',
                    help="generated data: 'class' gives each class its own hue band as well as its "
-                   "outline; 'random' leaves only the outline (the tiny CLIP does not learn that)")
+                   "outline; 'random' leaves only the outline (stage 0 then needs the 'regions' recipe, and "
+                   "recognition is weaker: docs/toy_pipeline.md)")
     p.add_argument('--setting', default='default',
                    help="generator setting of the training and validation data (ovsam.datasets.shapes."
                    "GENERATOR_SETTINGS); the trained model is also measured on held-out images of the "
@@ -58,8 +59,9 @@ def pipeline_arg_parser(description: str):
                    "colour names the class); 'regions' trains on object crops, then on regions of whole scenes "
                    "through the frozen-CLIP branch's RoIAlign + attention pool (needed when only the outline "
                    "does); 'auto': 'regions' with --colour-mode random, else 'crops'")
-    p.add_argument('--clip-steps', type=int, default=300,
-                   help="stage 0 steps: crop batches ('crops'), or scene batches after the crop steps ('regions')")
+    p.add_argument('--clip-steps', type=int, default=None,
+                   help="stage 0 steps: crop batches ('crops', default 300), or batches of scene windows after "
+                   "the crop steps ('regions', default 600)")
     p.add_argument('--clip-crop-steps', type=int, default=700, help="crop batches before the scene steps ('regions')")
     p.add_argument('--sam2clip-iters', type=int, default=200)
     p.add_argument('--clip2sam-iters', type=int, default=1400)
@@ -219,7 +221,8 @@ class Pipeline:
     def clip_recipe(self):
         a = self.args
         recipe = a.clip_recipe if a.clip_recipe != 'auto' else ('regions' if a.colour_mode == 'random' else 'crops')
-        params = dict(recipe=recipe, steps=a.clip_steps, seed=a.seed)
+        steps = a.clip_steps if a.clip_steps is not None else (600 if recipe == 'regions' else 300)
+        params = dict(recipe=recipe, steps=steps, seed=a.seed)
         if recipe == 'regions':
             params['crop_steps'] = a.clip_crop_steps
         return params

@@ -13,7 +13,9 @@ through exactly the inference path:
   sixteenth of a scene), each crop a random window of one to two object sizes,
   its ``box_embed`` over the whole crop: the trunk learns outlines at a
   normalised scale, which a run on scenes alone does not in its budget;
-* then whole training scenes -> the CLIP trunk -> C5 -> ``box_embed`` of many
+* then training scenes (by default 128-px windows of them at their own scale,
+  so the stride-32 grid and the object sizes are those of whole scenes at a
+  quarter of the cost) -> the CLIP trunk -> C5 -> ``box_embed`` of many
   jittered copies of every ground-truth box (RoIAlign is cheap next to the
   trunk, so each trunk pass gives ``boxes_per_object`` x objects samples, like
   a detector's proposals around an object);
@@ -23,8 +25,8 @@ through exactly the inference path:
   separate);
 * augmentation that keeps the outline and destroys every colour cue: the
   dihedral flips of the scene, colour-channel permutation and inversion;
-* AdamW, linear warm-up and cosine decay, a larger learning rate for the
-  attention pool than for the trunk;
+* AdamW, linear warm-up and cosine decay (optionally a larger learning rate
+  for the attention pool than for the trunk);
 * batch-norm statistics re-estimated on training scenes at the end: the tower
   is frozen (eval mode) afterwards, and a short run's running statistics lag
   behind its weights.
@@ -154,16 +156,33 @@ def _to_tensor(imgs: np.ndarray) -> torch.Tensor:
     return (x - torch.from_numpy(MEAN)[:, None, None]) / torch.from_numpy(STD)[:, None, None]
 
 
-def _batch(rng, images, boxes, labels, idx, k):
-    """Augmented scenes (B, H, W, 3), RoIs (R, 5) and labels (R,)."""
-    size = images.shape[1]
+def _window(rng, img, boxes, labels, side):
+    """A ``side`` x ``side`` window of a scene at its own scale around a random
+    object, with the boxes that keep at least half their area in it (clipped)."""
+    size = img.shape[0]
+    x0b, y0b, x1b, y1b = boxes[rng.integers(len(boxes))]
+    cx, cy = (x0b + x1b) / 2 + rng.uniform(-0.25, 0.25) * side, (y0b + y1b) / 2 + rng.uniform(-0.25, 0.25) * side
+    x0, y0 = (int(np.clip(round(c - side / 2), 0, size - side)) for c in (cx, cy))
+    b = boxes - np.array([x0, y0, x0, y0], np.float32)
+    c = np.clip(b, 0, side)
+    area = lambda z: (z[:, 2] - z[:, 0]).clip(0) * (z[:, 3] - z[:, 1]).clip(0)  # noqa: E731
+    keep = area(c) >= 0.5 * area(b)
+    return img[y0:y0 + side, x0:x0 + side], c[keep], labels[keep]
+
+
+def _batch(rng, images, boxes, labels, idx, k, window=None):
+    """Augmented scenes (B, H, W, 3) (or windows of them), RoIs (R, 5) and labels (R,)."""
+    size = images.shape[1] if window is None else window
     imgs, rois, labs = [], [], []
     for j, i in enumerate(idx):
-        img, b = _dihedral(images[i], boxes[i], int(rng.integers(8)))
+        img, b, lab = images[i], boxes[i], labels[i]
+        if window is not None:
+            img, b, lab = _window(rng, img, b, lab, window)
+        img, b = _dihedral(img, b, int(rng.integers(8)))
         imgs.append(_recolour(rng, img))
         jb = _jitter(rng, b, k, size)
         rois.append(np.concatenate([np.full((len(jb), 1), j, np.float32), jb], 1))
-        labs.append(np.repeat(labels[i], k))
+        labs.append(np.repeat(lab, k))
     return np.stack(imgs), torch.from_numpy(np.concatenate(rois)), torch.from_numpy(np.concatenate(labs))
 
 
@@ -226,8 +245,8 @@ def train_clip_on_regions(model_cfg: Dict,
                           ann_file: str,
                           img_dir: str,
                           out_path: str,
-                          steps: int = 300,
-                          scenes_per_step: int = 8,
+                          steps: int = 600,
+                          scenes_per_step: int = 16,
                           boxes_per_object: int = 4,
                           lr: float = 2e-3,
                           pool_lr_mult: float = 1.0,
@@ -239,6 +258,7 @@ def train_clip_on_regions(model_cfg: Dict,
                           residual_bn_init: Optional[float] = 1.0,
                           crop_steps: int = 700,
                           crop_batch: int = 64,
+                          scene_window: Optional[int] = 128,
                           seed: int = 0,
                           log_every: int = 100,
                           templates: Sequence[str] = VILD_TEMPLATES,
@@ -253,6 +273,11 @@ def train_clip_on_regions(model_cfg: Dict,
             with ``boxes_per_object`` jittered boxes per object, after
             ``crop_steps`` steps on ``crop_batch`` object crops (one
             warm-up + cosine schedule over both).
+        scene_window: train on ``scene_window``-pixel windows of the scenes
+            (at their own scale, around a random object; boxes that keep half
+            their area, clipped) instead of whole scenes: the C5 grid and the
+            object scales are the scenes', at a quarter of the trunk's cost per
+            image at 128 px; None: whole scenes.
         lr / pool_lr_mult / text_lr: AdamW learning rates of the trunk, the
             attention pool (``lr * pool_lr_mult``) and the text tower with the
             class prototypes.
@@ -324,8 +349,8 @@ def train_clip_on_regions(model_cfg: Dict,
         if step < crop_steps:
             imgs, rois, labs = _crop_batch(rng, crops, crop_labels, crop_batch, crop_size)
         else:
-            idx = rng.choice(len(images), min(scenes_per_step, len(images)), replace=False)
-            imgs, rois, labs = _batch(rng, images, boxes, labels, idx, boxes_per_object)
+            idx = rng.choice(len(images), scenes_per_step, replace=scenes_per_step > len(images))
+            imgs, rois, labs = _batch(rng, images, boxes, labels, idx, boxes_per_object, scene_window)
         feats = bb._trunk(_to_tensor(imgs))
         c5 = feats[-1]
         region = F.normalize(bb.box_embed(c5, rois), dim=-1)
