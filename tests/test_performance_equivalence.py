@@ -880,3 +880,30 @@ def test_predictor_bf16_image_side_agrees_with_fp32(tiny_cfg):
     assert (inter / np.maximum(union, 1)).min() > 0.9
     with pytest.raises(ValueError, match='precision must be one of'):
         OVSAMPredictor(copy.deepcopy(model), allow_random_text=True, precision='fp16')
+
+
+def test_fast_decoder_keeps_the_image_side_of_repeated_clicks(tiny_model):
+    """Clicks on one image reuse ``image_embed + dense`` and the first layer's
+    keys + positions; a changed embedding (in place) or dense prompt is not
+    answered from the cache."""
+    head = copy.deepcopy(tiny_model.mask_decoder)
+    plain = tiny_model.mask_decoder
+    _, sparse, dense = _head_inputs(tiny_model, 1)
+    with torch.no_grad():
+        _, embed, fpn = tiny_model.extract_feat(torch.randn(1, 3, 256, 256))
+        pe = tiny_model.pe.get_dense_pe()
+        fast_path(head, 'decoder')
+        ref = plain(embed, pe, sparse, dense[:1], fpn)
+        out1 = head(embed, pe, sparse, dense[:1], fpn)
+        cached = head.__dict__['_image_side_cache']
+        out2 = head(embed, pe, sparse, dense[:1], fpn)
+        assert head.__dict__['_image_side_cache'] is cached  # reused
+        for a in (out1, out2):
+            torch.testing.assert_close(a[0], ref[0], **TOL)
+            torch.testing.assert_close(a[1], ref[1], **TOL)
+        embed.mul_(-1)  # the same tensor, changed in place
+        torch.testing.assert_close(head(embed, pe, sparse, dense[:1], fpn)[0], plain(embed, pe, sparse, dense[:1], fpn)[0],
+                                   **TOL)
+        other = dense[:1] + 1  # another dense prompt (a mask)
+        torch.testing.assert_close(head(embed, pe, sparse, other, fpn)[0], plain(embed, pe, sparse, other, fpn)[0],
+                                   **TOL)

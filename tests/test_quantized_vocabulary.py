@@ -163,3 +163,16 @@ def test_predictor_answers_like_float32_on_a_large_vocabulary(tiny_cfg, tmp_path
     assert np.array_equal(ref.labels, got.labels) and np.array_equal(ref.topk_labels, got.topk_labels)
     assert np.allclose(ref.topk_scores, got.topk_scores, rtol=0.02, atol=1e-6)
     assert np.array_equal(ref.masks, got.masks)
+
+
+def test_inference_mode_tables_are_scored_exactly():
+    """A vocabulary installed under ``torch.inference_mode`` has no version
+    counter, so a change to it could not be noticed: scored in float32."""
+    table = _table(num_classes=600, seed=7)
+    plain, fast = _classifiers(table)
+    x = _queries(table, 2, seed=8)
+    with torch.inference_mode():
+        fast.set_vocabulary(table)
+        plain.set_vocabulary(table)
+        assert not fast.uses_int8(F.normalize(x, dim=-1), fast.cls_embed)
+        assert torch.equal(fast(x), plain(x))

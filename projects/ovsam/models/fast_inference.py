@@ -502,7 +502,7 @@ def _image_to_tokens_residual(attn, keys_pe: Tensor, q_tokens: Tensor, v_tokens:
 
 
 def folded_two_way_transformer(transformer: nn.Module, image_embedding: Tensor, image_pe: Tensor,
-                               point_embedding: Tensor) -> Tuple[Tensor, Tensor]:
+                               point_embedding: Tensor, keys_pe0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``segment_anything``'s ``TwoWayTransformer.forward`` with every attention
     between the few prompt tokens and the L image tokens computed without
     projecting the image tokens (see :func:`_tokens_to_image` and
@@ -516,20 +516,21 @@ def folded_two_way_transformer(transformer: nn.Module, image_embedding: Tensor, 
     Args:
         image_embedding: (B, C, h, w), B = N or 1; image_pe: (1, C, h, w);
         point_embedding: (N, T, C).
+        keys_pe0: the first layer's ``keys + pe`` if already at hand (B, L, C).
     Returns:
         queries (N, T, C) and keys (N, h*w, C), as the plain forward.
     """
     pe = image_pe.flatten(2).transpose(1, 2)                  # (1, L, C)
     keys = image_embedding.flatten(2).transpose(1, 2)         # (B, L, C)
     queries = point_embedding
-    for layer in transformer.layers:
+    for i, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + point_embedding
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_pe = keys + pe
+        keys_pe = keys_pe0 if i == 0 and keys_pe0 is not None else keys + pe
         queries = layer.norm2(queries + _tokens_to_image(
             layer.cross_attn_token_to_image, queries + point_embedding, keys_pe, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
@@ -571,9 +572,9 @@ class FastOpenCLIPBackbone(OpenCLIPBackbone):
         :attr:`prepared_cache_size` images). For interactive use, where one
         image gets many small calls. Returns whether it applies (a ResNet
         tower, one image)."""
-        if self.tower_type != 'resnet' or c5.dim() != 4 or c5.shape[0] != 1 or \
+        if self.tower_type != 'resnet' or c5.dim() != 4 or c5.shape[0] != 1 or c5.is_inference() or \
                 not positions_match(self.head, self.roi_size):
-            return False
+            return False  # (inference tensors keep no version: a change could not be noticed)
         if self._prepared(c5) is None:
             with torch.no_grad():
                 prepared = prepare_region_pool(self.head, self.clip_feature(c5))
@@ -586,6 +587,8 @@ class FastOpenCLIPBackbone(OpenCLIPBackbone):
         """The prepared maps of ``c5``: the same memory (a view of the prepared
         tensor, e.g. ``clip_feats[-1][0:1]``; the prepared tensor is alive, so
         its memory holds it) at the same in-place version."""
+        if c5.is_inference():
+            return None
         for ref, version, prepared in self.__dict__.get('_prepared_c5', ()):
             t = ref()
             if t is not None and t.data_ptr() == c5.data_ptr() and t.shape == c5.shape and \
@@ -664,17 +667,38 @@ class FastCLIP2SAMHead(CLIP2SAMHead):
         n = sparse.shape[0]
         tokens = torch.cat([self.label_token.weight, dec.mask_tokens.weight], dim=0)
         queries = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
-        src = image_embed + dense
+        src, keys_pe0 = self._image_side(image_embed, dense, image_pe)
         pos = image_pe if src.shape[0] == 1 else image_pe.expand(n, -1, -1, -1)
         _, c, h, w = src.shape
         if queries.shape[1] * dec.transformer.num_heads <= dec.transformer.final_attn_token_to_image.internal_dim:
-            hs, src = folded_two_way_transformer(dec.transformer, src, pos, queries)
+            hs, src = folded_two_way_transformer(dec.transformer, src, pos, queries, keys_pe0)
         else:  # many prompt tokens: folding would cost more than it saves
             hs, src = dec.transformer(src, pos, queries)
         if src.shape[0] != n:
             src = src.expand(n, -1, -1)
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
         return upscale_and_predict_masks(dec.output_upscaling, src, hyper, h, w), hs[:, 0]
+
+    def _image_side(self, image_embed: Tensor, dense: Tensor, image_pe: Tensor):
+        """``image_embed + dense`` and, for one shared image, its first-layer
+        keys plus positions (1, h*w, C), kept from the last call when the same
+        memory at the same version comes again (clicks without a mask prompt
+        on one image: the same embedding, the no-mask embedding, the same
+        positions). The cache holds its inputs' tensors, so their memory
+        cannot be reused by others while it compares their addresses."""
+        inputs = (image_embed, dense, image_pe)
+        if torch.is_grad_enabled() or image_embed.shape[0] != 1 or dense.shape[0] != 1 or \
+                any(t.is_inference() for t in inputs):  # inference tensors keep no version to compare
+            return image_embed + dense, None
+        key = tuple((t.data_ptr(), tuple(t.shape), t.stride(), t._version, t.dtype, t.device) for t in inputs)
+        cached = self.__dict__.get('_image_side_cache')
+        if cached is not None and cached[0] == key:
+            return cached[2], cached[3]
+        src = image_embed + dense
+        keys_pe0 = src.flatten(2).transpose(1, 2) + image_pe.flatten(2).transpose(1, 2)
+        self.__dict__['_image_side_cache'] = (key, tuple(t._base if t._base is not None else t for t in inputs),
+                                              src, keys_pe0)
+        return src, keys_pe0
 
     def region_embed(self, fpn_feats: Sequence[Tensor], rois: Tensor, label_out: Tensor) -> Tensor:
         """As the plain method, pooling only the FPN levels the RoIs map to.
@@ -719,9 +743,9 @@ class FastSAMPromptEncoder(SAMPromptEncoder):
     matrix is unchanged (same tensor, same in-place version)."""
 
     def get_dense_pe(self) -> Tensor:
-        if torch.is_grad_enabled():
-            return super().get_dense_pe()
         gauss = self.pe_layer.positional_encoding_gaussian_matrix
+        if torch.is_grad_enabled() or gauss.is_inference():
+            return super().get_dense_pe()
         key = (gauss.data_ptr(), gauss._version, gauss.device, gauss.dtype, tuple(self.image_embedding_size),
                torch.is_autocast_enabled(gauss.device.type))
         cached = self.__dict__.get('_dense_pe')

@@ -100,6 +100,7 @@ class Int8TextClassifier(TextClassifier):
     def uses_int8(self, x: Tensor, buf: Tensor) -> bool:
         """Whether a call with unit vectors ``x`` (N, D) takes the int8 pass."""
         return (x.device.type == 'cpu' and x.dtype == torch.float32 and buf.dtype == torch.float32
+                and not buf.is_inference()  # no version counter: a changed table could not be noticed
                 and not (torch.is_grad_enabled() and x.requires_grad) and 0 < x.shape[0] <= self.max_prompts
                 and buf.shape[0] > self.rescore_rows and int8_available())
 
