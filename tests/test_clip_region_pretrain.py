@@ -88,6 +88,8 @@ def test_region_stage0_bad_input_is_clear(scenes, tmp_path):
     vit = dict(cfg, vision_cfg=dict(image_size=64, layers=2, width=32, patch_size=16))
     with pytest.raises(ValueError, match='ResNet CLIP'):
         train_clip_on_regions(vit, ann, imgs, str(tmp_path / 'c.pt'), steps=1)
+    with pytest.raises(ValueError, match='scene_window must lie between'):
+        train_clip_on_regions(cfg, ann, imgs, str(tmp_path / 'c.pt'), steps=1, scene_window=512)
     with pytest.raises(FileNotFoundError, match='cannot read image'):
         train_clip_on_regions(cfg, ann, str(tmp_path), str(tmp_path / 'c.pt'), steps=1)
     empty = tmp_path / 'empty.json'

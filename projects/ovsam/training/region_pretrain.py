@@ -285,6 +285,8 @@ def train_clip_on_regions(model_cfg: Dict,
             re-estimation (0: keep the running statistics).
         aux_weight: weight of the deep supervision of C3 and C4 (RoI features
             mean-pooled, linear classifiers used only in training); 0: off.
+        residual_bn_init: value of the last batch-norm weight of every
+            residual block at the start (open_clip: 0); None keeps open_clip's.
         on_step: called after every step with ``(step, region loss, text loss)``.
 
     Returns:
@@ -309,6 +311,9 @@ def train_clip_on_regions(model_cfg: Dict,
     images, boxes, labels, class_names = load_scenes(ann_file, img_dir)
     if images.shape[1] != images.shape[2]:
         raise ValueError(f'scenes must be square, got {images.shape[1:3]}')
+    if scene_window is not None and not 32 <= scene_window <= images.shape[1]:
+        raise ValueError(f'scene_window must lie between 32 and the scene size {images.shape[1]} '
+                         f'(or None: whole scenes), got {scene_window!r}')
     num_objects = int(sum(len(b) for b in boxes))
     synonyms = [split_synonyms(n) for n in class_names]
     model = CLIP(**model_cfg)
