@@ -291,3 +291,47 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=3))
     import re
     masks = [float(v) for v in re.findall(r'loss_mask: ([0-9.]+)', log)]
     assert len(masks) == 3 and all(v > 0 for v in masks), log[-2000:]
+
+
+def test_cotrain_demo_stage0_never_sees_the_image_level_classes(tmp_path, monkeypatch):
+    """tools/toy/cotrain.py (default ``--clip-classes no-image-level``) trains
+    its own stage 0 on the main job's scenes with the image-level-only classes'
+    names and objects removed, and writes its CLIP / SAM2CLIP under
+    <work dir>/cotrain, leaving the main job's untouched."""
+    import importlib
+    import json
+    import os.path as osp
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    cotrain = importlib.import_module('toy.cotrain')
+    pipeline = importlib.import_module('toy.pipeline')
+    wd = tmp_path / 'wd'
+    ann = wd / 'data' / 'annotations'
+    ann.mkdir(parents=True)
+    (wd / 'data' / 'train').mkdir()
+    names = ['circle', 'star', 'heart', 'square']
+    coco = dict(images=[dict(id=1, file_name='a.png', width=8, height=8)],
+                categories=[dict(id=i + 1, name=n) for i, n in enumerate(names)],
+                annotations=[dict(id=i + 1, image_id=1, category_id=i + 1, bbox=[0, 0, 2, 2], area=4, iscrowd=0)
+                             for i in range(4)])
+    (ann / 'instances_train.json').write_text(json.dumps(coco))
+    seen = {}
+    monkeypatch.setattr(pipeline.Pipeline, 'run_clip', lambda self: seen.update(
+        data=self.data, ckpt=self.clip_ckpt, coco=json.load(open(osp.join(self.data, 'annotations',
+                                                                          'instances_train.json')))))
+    monkeypatch.setattr(sys, 'argv', ['cotrain.py', '--work-dir', str(wd)])
+    p = cotrain.pipeline_arg_parser('x')
+    p.add_argument('--iters', type=int, default=1)
+    p.add_argument('--num-boxes', type=int, default=1)
+    p.add_argument('--num-image-level', type=int, default=1)
+    p.add_argument('--clip-classes', default='no-image-level')
+    demo = cotrain.CoTrainDemo(p.parse_args(['--work-dir', str(wd)]))
+    from ovsam.datasets.shapes import SHAPE_CLASSES
+    assert {SHAPE_CLASSES[i] for i in demo.cfg0.image_level_classes} == {'star', 'heart'}
+    demo.run_clip()
+    assert [c['name'] for c in seen['coco']['categories']] == ['circle', 'square']
+    assert sorted(a['category_id'] for a in seen['coco']['annotations']) == [1, 4]
+    assert osp.realpath(osp.join(seen['data'], 'train')) == osp.realpath(wd / 'data' / 'train')
+    assert seen['ckpt'].startswith(str(wd / 'cotrain')) and demo.sam2clip_ckpt.startswith(str(wd / 'cotrain'))
+    assert demo.data == osp.join(str(wd), 'data')  # restored

@@ -35,9 +35,9 @@ def parse_args():
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--min-objects', type=int, default=1)
     parser.add_argument('--max-objects', type=int, default=5)
-    parser.add_argument('--colour-mode', choices=('class', 'random'), default='class',
-                        help="'class': each class has its own hue band; 'random': colour "
-                        "independent of class (only the outline tells classes apart)")
+    parser.add_argument('--colour-mode', choices=('class', 'random'), default='random',
+                        help="'random' (default, as the main job): colour independent of class, only the "
+                        "outline tells classes apart; 'class': each class also has its own hue band")
     parser.add_argument('--no-sa1b', action='store_true', help='skip the SA-1B layout')
     return parser.parse_args()
 

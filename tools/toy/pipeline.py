@@ -45,10 +45,10 @@ def pipeline_arg_parser(description: str):
     p.add_argument('--num-val', type=int, default=60)
     p.add_argument('--num-sa1b', type=int, default=300)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--colour-mode', choices=('class', 'random'), default='class',
-                   help="generated data: 'class' gives each class its own hue band as well as its "
-                   "outline; 'random' leaves only the outline (stage 0 then needs the 'regions' recipe, and "
-                   "recognition is weaker: docs/toy_pipeline.md)")
+    p.add_argument('--colour-mode', choices=('class', 'random'), default='random',
+                   help="generated data: 'random' (the default) draws every object's colour independently of "
+                   "its class, so only the outline names it (stage 0 then uses the 'regions' recipe); 'class' "
+                   "also gives each class its own hue band, an easier cue (docs/toy_pipeline.md)")
     p.add_argument('--setting', default='default',
                    help="generator setting of the training and validation data (ovsam.datasets.shapes."
                    "GENERATOR_SETTINGS); the trained model is also measured on held-out images of the "

@@ -23,9 +23,11 @@ Design choices:
   depends on ``colour_mode``: ``'class'`` (default) gives every class its own
   hue band (36 degrees apart, +-8 degrees of jitter; saturation and brightness
   random), so both colour and outline identify it; ``'random'`` draws colours
-  independently of the class, so only the outline does. A tiny CLIP trained
-  for two minutes learns colours but not outline-only shapes in whole scenes
-  (README, "Toy scale"), hence the default.
+  independently of the class, so only the outline does. The main job
+  (``tools/tiny_pipeline.py``) uses ``'random'``: its stage 0 learns outlines
+  from object crops and regions of whole scenes
+  (:func:`ovsam.training.train_clip_on_regions`); ``'class'`` stays this
+  function's default, the easier data of earlier versions.
 * Later shapes occlude earlier ones; annotations hold the visible mask. A
   placement that would hide more than ``max_occlusion`` of an earlier shape is
   retried, so no shape is reduced to an ambiguous fragment (a circle with a bite
