@@ -23,8 +23,10 @@ CFG_DIR = osp.join(ROOT, 'configs', 'tiny')
 
 # What the main job must reach on held-out images (issue "Training"),
 # printed at the end of tools/tiny_pipeline.py.
-TARGET_MIOU = 0.6
-TARGET_ACCURACY = 0.8
+#: The main job's targets per prompt kind (mean IoU, accuracy) on held-out images, and the most the
+#: 'shifted' generator setting may lose of either (issue 15).
+TARGETS = dict(box=(0.70, 0.80), point=(0.60, 0.70))
+TARGET_SHIFTED_LOSS = 0.1
 
 
 def copy_atomic(src, dst):
@@ -401,16 +403,19 @@ class Pipeline:
         log(f'finished in {total:.0f} s; summary: {osp.join(self.wd, "summary.json")}')
         for prompt, m in self.metrics.items():
             miou, acc = m.get('prompt/miou', float('nan')), m.get('prompt/accuracy', float('nan'))
-            met = miou >= TARGET_MIOU and acc >= TARGET_ACCURACY
+            t_miou, t_acc = TARGETS.get(prompt, (float('nan'), float('nan')))
+            met = miou >= t_miou and acc >= t_acc
             log(f"  {prompt:5s} prompts: mIoU {miou:.3f}  accuracy {acc:.3f}  "
                 f"mask AP {m.get('coco/segm_mAP', float('nan')):.3f}  "
-                f"(target mIoU >= {TARGET_MIOU}, accuracy >= {TARGET_ACCURACY}: {'met' if met else 'NOT met'})")
+                f"(target mIoU >= {t_miou}, accuracy >= {t_acc}: {'met' if met else 'NOT met'})")
         for prompt, m in self.metrics_shifted.items():
             base = self.metrics[prompt]
             d_miou = m.get('prompt/miou', float('nan')) - base.get('prompt/miou', float('nan'))
             d_acc = m.get('prompt/accuracy', float('nan')) - base.get('prompt/accuracy', float('nan'))
+            met = -d_miou <= TARGET_SHIFTED_LOSS and -d_acc <= TARGET_SHIFTED_LOSS
             log(f"  {prompt:5s} prompts, 'shifted' generator setting: mIoU {m.get('prompt/miou', float('nan')):.3f} "
-                f"({d_miou:+.3f})  accuracy {m.get('prompt/accuracy', float('nan')):.3f} ({d_acc:+.3f})")
+                f"({d_miou:+.3f})  accuracy {m.get('prompt/accuracy', float('nan')):.3f} ({d_acc:+.3f})  "
+                f"(target: lose at most {TARGET_SHIFTED_LOSS} of either: {'met' if met else 'NOT met'})")
 
 # Toy versions of the tiny SAM and tiny CLIP in the baselines' config form.
 TINY_SAM_PARTS = dict(
