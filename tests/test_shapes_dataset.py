@@ -275,3 +275,41 @@ def test_shifted_setting_changes_sizes_counts_and_appearance(tmp_path):
 def test_bad_settings_are_named(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         shapes.generate_shapes_dataset(str(tmp_path / 'z'), num_train=1, num_val=1, image_size=64, sa1b=False, **bad)
+
+
+def test_shifted_patterns_are_never_in_the_training_setting():
+    """'shifted' measures generalisation: its patterned fills and backgrounds
+    are kinds the default (training) setting never draws."""
+    default, shifted = shapes.GENERATOR_SETTINGS['default'], shapes.GENERATOR_SETTINGS['shifted']
+    for key in ('textures', 'backgrounds'):
+        assert {'checker', 'dots'} <= set(shifted[key])
+        assert not {'checker', 'dots'} & set(default[key])
+        assert set(default[key]) <= set(shapes.TEXTURES if key == 'textures' else shapes.BACKGROUNDS)
+
+
+def _high_freq(img):
+    """Mean absolute difference of neighbouring pixels (along rows and columns)."""
+    g = np.asarray(img, np.float32)
+    return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean())
+
+
+@pytest.mark.parametrize('kind', ['stripes', 'speckle'])
+def test_busy_backgrounds_are_high_frequency(kind):
+    flat = shapes._background(np.random.default_rng(1), 64, 64, ('gradient',))
+    busy = shapes._background(np.random.default_rng(1), 64, 64, (kind,))
+    assert busy.shape == (64, 64, 3) and busy.min() >= 0 and busy.max() <= 255
+    assert _high_freq(busy) > 5 * max(_high_freq(flat), 0.5)
+
+
+@pytest.mark.parametrize('kind', shapes.TEXTURES)
+def test_every_texture_fills_the_mask_and_varies_as_named(kind):
+    rng = np.random.default_rng(2)
+    ys, xs = (v.ravel().astype(np.float32) for v in np.mgrid[0:40, 0:40])
+    colour = np.array([120.0, 60.0, 200.0], np.float32)
+    fill = shapes._texture(rng, colour, ys, xs, (kind,))
+    assert fill.shape == (1600, 3) and np.isfinite(fill).all()
+    spread = float(fill.std(0).mean())
+    assert (spread == 0) == (kind == 'flat')
+    if kind == 'gradient':  # smooth: neighbours differ little, ends differ a lot
+        img = np.asarray(fill).reshape(40, 40, 3)
+        assert _high_freq(img) < 5 and np.abs(img.max((0, 1)) - img.min((0, 1))).max() > 10

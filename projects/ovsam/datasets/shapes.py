@@ -80,14 +80,18 @@ _SPLIT_SEED = {'train': 0, 'val': 1, 'sa1b': 2, 'boxes': 3, 'image_level': 4}
 _DIAMETER_RANGE_256 = (40.0, 120.0)
 _MIN_COLOUR_DIST = 80.0  # RGB distance from what lies underneath
 _COLOUR_MODES = ('class', 'random')
-BACKGROUNDS = ('flat', 'gradient', 'noise', 'checker', 'dots')
-TEXTURES = ('flat', 'stripes', 'noise', 'checker', 'dots')
+BACKGROUNDS = ('flat', 'gradient', 'noise', 'stripes', 'speckle', 'checker', 'dots')
+TEXTURES = ('flat', 'stripes', 'noise', 'gradient', 'speckle', 'checker', 'dots')
 # Named appearance settings of the generator. 'default' is the training data;
 # 'shifted' changes object sizes and counts, textures and backgrounds, and is
 # only ever used to measure how a trained model generalises.
 GENERATOR_SETTINGS = {
+    # Training sees low- and high-frequency backgrounds and fills (stripes,
+    # speckle: blocky colour noise), so neither a busy background nor a
+    # patterned fill is new to a model; 'checker' and 'dots' stay unseen.
     'default': dict(diameter_range=_DIAMETER_RANGE_256, min_objects=1, max_objects=5,
-                    backgrounds=('flat', 'gradient', 'noise'), textures=('flat', 'stripes', 'noise')),
+                    backgrounds=('flat', 'gradient', 'noise', 'stripes', 'speckle'),
+                    textures=('flat', 'stripes', 'noise', 'gradient', 'speckle')),
     'shifted': dict(diameter_range=(32.0, 144.0), min_objects=2, max_objects=7,
                     backgrounds=('checker', 'dots', 'noise'), textures=('checker', 'dots', 'flat')),
 }
@@ -266,13 +270,42 @@ def _pattern(rng, kind: str, ys: np.ndarray, xs: np.ndarray, colour: np.ndarray)
     return np.where(on[:, None], colour, other)
 
 
-def _background(rng, h: int, w: int, kinds: Sequence[str] = ('flat', 'gradient', 'noise')) -> np.ndarray:
+def _stripes(rng, ys: np.ndarray, xs: np.ndarray, colour: np.ndarray, spread: float = 70.0) -> np.ndarray:
+    """(N, 3) two-shade stripes at a random angle and period; the second
+    shade is near ``colour``, so the stripes contrast with whatever
+    ``colour`` was checked against."""
+    other = np.clip(colour + rng.uniform(-spread, spread, size=3), 0, 255).astype(np.float32)
+    ang = rng.uniform(0, np.pi)
+    period = rng.uniform(4, 14)
+    phase = (xs * np.cos(ang) + ys * np.sin(ang)) / period + rng.uniform(0, 1)
+    return np.where(((phase % 1.0) < 0.5)[:, None], colour, other)
+
+
+def _speckle(rng, ys: np.ndarray, xs: np.ndarray, colour: np.ndarray, spread: float = 60.0) -> np.ndarray:
+    """(N, 3) blocky colour noise around ``colour``: random shades on square
+    cells of 2-6 px (high-frequency, unlike the smooth 'noise')."""
+    cell = rng.uniform(2, 6)
+    iy, ix = (ys / cell).astype(np.int64), (xs / cell).astype(np.int64)
+    iy -= iy.min()
+    ix -= ix.min()
+    shades = rng.uniform(-spread, spread, size=(int(iy.max()) + 1, int(ix.max()) + 1, 3)).astype(np.float32)
+    return np.clip(colour + shades[iy, ix], 0, 255)
+
+
+def _background(rng, h: int, w: int, kinds: Sequence[str] = GENERATOR_SETTINGS['default']['backgrounds']) -> np.ndarray:
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == 'flat':
         img = np.broadcast_to(_random_colour(rng), (h, w, 3)).copy()
-    elif kind in ('checker', 'dots'):
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = _pattern(rng, kind, ys.ravel(), xs.ravel(), _random_colour(rng)).reshape(h, w, 3)
+    elif kind in ('checker', 'dots', 'stripes', 'speckle'):
+        ys, xs = (v.ravel() for v in np.mgrid[0:h, 0:w].astype(np.float32))
+        colour = _random_colour(rng)
+        if kind == 'stripes':
+            img = _stripes(rng, ys, xs, colour, spread=90.0)
+        elif kind == 'speckle':
+            img = _speckle(rng, ys, xs, colour, spread=50.0)
+        else:
+            img = _pattern(rng, kind, ys, xs, colour)
+        img = img.reshape(h, w, 3)
     elif kind == 'gradient':  # linear gradient at a random angle
         c0, c1 = _random_colour(rng), _random_colour(rng)
         ang = rng.uniform(0, 2 * np.pi)
@@ -298,9 +331,9 @@ def _background(rng, h: int, w: int, kinds: Sequence[str] = ('flat', 'gradient',
 
 
 def _texture(rng, colour: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-             kinds: Sequence[str] = ('flat', 'stripes', 'noise')) -> np.ndarray:
+             kinds: Sequence[str] = GENERATOR_SETTINGS['default']['textures']) -> np.ndarray:
     """(N, 3) fill of the pixels at (ys, xs), independent of class: one of
-    ``kinds`` ('flat', 'stripes', 'noise', 'checker', 'dots')."""
+    ``kinds`` (``TEXTURES``)."""
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == 'flat':
         return np.broadcast_to(colour, (len(ys), 3))
@@ -309,15 +342,17 @@ def _texture(rng, colour: np.ndarray, ys: np.ndarray, xs: np.ndarray,
     if kind == 'noise':
         sigma = rng.uniform(8, 25)
         return colour + sigma * rng.standard_normal((len(ys), 1), dtype=np.float32)
-    if kind != 'stripes':
-        raise ValueError(f'unknown texture {kind!r}; choose from {TEXTURES}')
-    # A nearby second shade keeps the stripes contrasting with what the base
-    # colour was checked against.
-    other = np.clip(colour + rng.uniform(-70, 70, size=3), 0, 255).astype(np.float32)
-    ang = rng.uniform(0, np.pi)
-    period = rng.uniform(4, 14)
-    phase = (xs * np.cos(ang) + ys * np.sin(ang)) / period + rng.uniform(0, 1)
-    return np.where(((phase % 1.0) < 0.5)[:, None], colour, other)
+    if kind == 'stripes':
+        return _stripes(rng, ys, xs, colour)
+    if kind == 'speckle':
+        return _speckle(rng, ys, xs, colour)
+    if kind == 'gradient':  # the base colour fading to a nearby shade across the object
+        other = np.clip(colour + rng.uniform(-90, 90, size=3), 0, 255).astype(np.float32)
+        ang = rng.uniform(0, 2 * np.pi)
+        t = xs * np.cos(ang) + ys * np.sin(ang)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        return colour + t[:, None] * (other - colour)
+    raise ValueError(f'unknown texture {kind!r}; choose from {TEXTURES}')
 
 
 def _rasterise(polys: Polygons, center: np.ndarray, radius: float, angle: float,
@@ -381,8 +416,8 @@ def render_scene(rng: np.random.Generator,
                  max_occlusion: float = 0.5,
                  colour_mode: str = 'class',
                  diameter_range: Tuple[float, float] = _DIAMETER_RANGE_256,
-                 backgrounds: Sequence[str] = ('flat', 'gradient', 'noise'),
-                 textures: Sequence[str] = ('flat', 'stripes', 'noise')) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+                 backgrounds: Sequence[str] = GENERATOR_SETTINGS['default']['backgrounds'],
+                 textures: Sequence[str] = GENERATOR_SETTINGS['default']['textures']) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw one image of random shapes.
 
     Args:
