@@ -63,8 +63,8 @@ def pipeline_arg_parser(description: str):
                    "does); 'auto': 'regions' with --colour-mode random, else 'crops'")
     p.add_argument('--clip-steps', type=int, default=None,
                    help="stage 0 steps: crop batches ('crops', default 300), or batches of scene windows after "
-                   "the crop steps ('regions', default 600)")
-    p.add_argument('--clip-crop-steps', type=int, default=700, help="crop batches before the scene steps ('regions')")
+                   "the crop steps ('regions', default 700)")
+    p.add_argument('--clip-crop-steps', type=int, default=800, help="crop batches before the scene steps ('regions')")
     p.add_argument('--sam2clip-iters', type=int, default=200)
     p.add_argument('--clip2sam-iters', type=int, default=1400)
     p.add_argument('--threads', type=int, default=2)
@@ -223,7 +223,7 @@ class Pipeline:
     def clip_recipe(self):
         a = self.args
         recipe = a.clip_recipe if a.clip_recipe != 'auto' else ('regions' if a.colour_mode == 'random' else 'crops')
-        steps = a.clip_steps if a.clip_steps is not None else (600 if recipe == 'regions' else 300)
+        steps = a.clip_steps if a.clip_steps is not None else (700 if recipe == 'regions' else 300)
         params = dict(recipe=recipe, steps=steps, seed=a.seed)
         if recipe == 'regions':
             params['crop_steps'] = a.clip_crop_steps
